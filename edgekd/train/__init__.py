@@ -1,0 +1,1 @@
+"""TrainingModel, methods, the fit loop, checkpoints and distributed launch."""
