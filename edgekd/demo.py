@@ -21,6 +21,9 @@ def run_demo(out: Path, quick: bool = False, log=print) -> dict:
 
     log("== stage 1/1: train (CE) ==")
     result = train(train_cfg, log=log)
-    summary = {"train": result.summary}
+    summary = {"train": result.summary, "artifacts": {"train": "train/best.pt"}}
+    from edgekd.io import write_json_atomic
+
+    write_json_atomic(out / "demo_summary.json", summary)
     log(f"demo done: test top-1 {result.test_acc:.2f}% -> {out}")
     return summary
