@@ -34,10 +34,17 @@ class PSKDConfig:
 
 @dataclass(frozen=True)
 class LSSKDConfig:
-    """LSSKD self-distillation with auxiliary classifiers (DESIGN.md section 3)."""
+    """LSSKD self-distillation with auxiliary classifiers (DESIGN.md section 3; edgekd.losses.lsskd).
+
+    loss = main_ce_weight * CE(main, upright) + aux_ce_weight * sum_i CE(aux_i, joint 4*c+k)
+         + layer_kd_weight * sum_pairs T^2 KL(deeper aux, detached || shallower aux)
+         + ensemble_kd_weight * T^2 KL(mean rotation-marginalised aux logits, detached || main).
+    The paper's weights are not public: the defaults (all 1, T=3, adjacent pairing, hsakd
+    branches) follow HSAKD's unit weights and are measured in benchmarks/selfkd.py.
+    """
 
     stages: Tuple[int, ...] = ()  # stage indices with an aux classifier; () = every stage but the last
-    branch: str = "hsakd"  # hsakd | light
+    branch: str = "hsakd"  # hsakd (fresh copies of the later stages) | light (one conv block)
     temperature: float = 3.0
     main_ce_weight: float = 1.0
     aux_ce_weight: float = 1.0
@@ -45,7 +52,7 @@ class LSSKDConfig:
     ensemble_kd_weight: float = 1.0
     pairing: str = "adjacent"  # adjacent (stage i+1 teaches i) | deepest (last aux teaches all)
     progressive: bool = False  # PS-KD-style progressive targets on the main head
-    alpha_T: float = 0.8
+    alpha_T: float = 0.8  # final mixing weight of the progressive targets (used when progressive)
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,7 @@ class DHOConfig:
     online_teacher: bool = False
     alpha: Optional[float] = None  # override the searched mix weight
     beta: Optional[float] = None  # override the searched temperature
+    single_head: bool = False  # baseline: CE + KD both on the student's head (no KD head, no mix)
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,7 @@ class TrainConfig:
     resume: Optional[str] = None
     max_steps_per_epoch: Optional[int] = None
     progress: bool = True
+    dist_timeout: float = 1800.0  # seconds a torch.distributed collective may wait before the run fails
     kd: KDConfig = field(default_factory=KDConfig)
     pskd: PSKDConfig = field(default_factory=PSKDConfig)
     lsskd: LSSKDConfig = field(default_factory=LSSKDConfig)

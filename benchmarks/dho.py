@@ -1,0 +1,255 @@
+"""DHO benchmark on real CIFAR-10: CE-only vs single-head KD vs DHO at 10% and 1% labels.
+
+Reduced budget for a 2-core CPU machine (documented in the output): a class-balanced subset of
+the CIFAR-10 training split as the training pool, a class-balanced validation subset (for model
+selection and DHO's a/b search) and test subset; a small student for a few epochs; 3 seeds.
+Every student run takes the same number of optimizer steps on the same batch size:
+
+- `ce`: CE on the labeled part only (dho with kd_weight=0, unlabeled_ratio=0: no teacher);
+- `kd`: single-head KD, CE (labeled) + KD (labeled + unlabeled) on the student's own head;
+- `dho`: dual head, CE head + KD head, probability mix searched on validation.
+
+Also times epochs, interleaved in one process: CE-only, DHO with the teacher cache, DHO with the
+online teacher (same steps). Writes benchmarks/results/dho_<tag>.json and .md.
+
+    python benchmarks/dho.py [--teacher CKPT] [--epochs 5] [--seeds 0,1,2] [--tag cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+DATA_DIR = Path("/tmp/edgekd-data")
+
+
+def ensure_cifar() -> str:
+    """Extract the shared CIFAR-10 JPEG archive once (temp dir + atomic rename)."""
+    target = DATA_DIR / "CIFAR-10-images"
+    if not target.is_dir():
+        archive = SHARED / "cifar10-jpg.tar.gz"
+        if not archive.is_file():
+            sys.exit(f"CIFAR-10 archive not found at {archive}")
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=DATA_DIR))
+        with tarfile.open(archive) as t:
+            t.extractall(tmp, filter="data")
+        try:
+            os.rename(tmp / "CIFAR-10-images", target)
+        except OSError:
+            pass  # another process won the race
+    return f"imagefolder:{target}"
+
+
+def balanced(y: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:per_class] for c in np.unique(y)]))
+
+
+def subset_data(data, pool: int, val: int, test: int):
+    """Class-balanced subsets; the spec is tagged so teacher caches never mix subsets."""
+    tr, va, te = balanced(data.y_train, pool, 1), balanced(data.y_val, val, 2), balanced(data.y_test, test, 3)
+    return replace(data, spec=f"{data.spec}#pool{pool}-val{val}-test{test}", x_train=data.x_train[tr],
+                   y_train=data.y_train[tr], train_ids=data.train_ids[tr], x_val=data.x_val[va], y_val=data.y_val[va],
+                   val_ids=data.val_ids[va], x_test=data.x_test[te], y_test=data.y_test[te])
+
+
+METHODS = {
+    "ce": dict(single_head=True, ce_weight=1.0, kd_weight=0.0, unlabeled_ratio=0),
+    "kd": dict(single_head=True),
+    "dho": dict(),
+}
+
+
+def run_student(args, data, teacher: str, method: str, fraction: float, seed: int, work: Path, **extra) -> dict:
+    from edgekd.config import build_config
+    from edgekd.train.loop import train
+
+    out = work / f"{method}-{fraction}-{seed}-{time.monotonic_ns()}"
+    cfg = build_config(overrides=dict(
+        model=args.student, method="dho", teacher=teacher if method != "ce" else None, epochs=extra.pop("epochs", args.epochs),
+        batch_size=args.batch_size, lr=args.lr, warmup_epochs=0.5, seed=seed, out=str(out), progress=False,
+        threads=args.threads, dho={"labeled_fraction": fraction, **METHODS[method], **extra.pop("dho", {})}, **extra))
+    lines: list[str] = []
+    t0 = time.perf_counter()
+    res = train(cfg, data, log=lines.append)
+    wall = time.perf_counter() - t0
+    state = torch.load(out / "best.pt", weights_only=True)["model_state"]
+    metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    return {"method": method, "fraction": fraction, "seed": seed, "test_acc": res.summary["test_acc"],
+            "test_acc_ce": res.summary.get("test_acc_main"), "test_acc_kd": res.summary.get("test_acc_kd"),
+            "best_val_acc": res.best_val_acc, "alpha": float(state["mix_alpha"]) if method == "dho" else None,
+            "beta": float(state["mix_beta"]) if method == "dho" else None, "wall_s": round(wall, 1),
+            "epoch_time_s": [m["epoch_time_s"] for m in metrics]}
+
+
+def time_epochs(args, data, teacher: str, work: Path) -> dict:
+    """Median epoch time of CE-only / cached-teacher DHO / online-teacher DHO, interleaved rounds."""
+    from edgekd.data.semisup import select_labeled  # noqa: F401 - same loader for all three
+
+    times: dict[str, list] = {"ce_only": [], "dho_cached": [], "dho_online": []}
+    for r in range(args.timing_rounds):
+        for name, method, dho in (("ce_only", "ce", {}), ("dho_cached", "dho", {}), ("dho_online", "dho", {"online_teacher": True})):
+            row = run_student(args, data, teacher, method, 0.1, 100 + r, work, epochs=2,
+                              max_steps_per_epoch=args.timing_steps, dho=dho)
+            times[name].append(row["epoch_time_s"][-1])  # epoch 2: caches, allocator and threads warm
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"steps_per_epoch": args.timing_steps, "rounds": args.timing_rounds, "epoch_time_s": times,
+            "median_s": med, "cached_over_ce": round(med["dho_cached"] / med["ce_only"], 3),
+            "online_over_ce": round(med["dho_online"] / med["ce_only"], 3)}
+
+
+def train_teacher(args, data, work: Path) -> str:
+    from edgekd.config import build_config
+    from edgekd.train.loop import train
+
+    out = work / "teacher"
+    cfg = build_config(overrides=dict(model=args.teacher_model, epochs=args.teacher_epochs, batch_size=args.batch_size,
+                                      lr=args.lr, warmup_epochs=0.5, out=str(out), progress=False, threads=args.threads))
+    res = train(cfg, data, log=print)
+    return str(out / "best.pt")
+
+
+def summarize(rows: list[dict]) -> dict:
+    table = {}
+    for f in sorted({r["fraction"] for r in rows}, reverse=True):
+        for m in METHODS:
+            accs = [r["test_acc"] for r in rows if r["fraction"] == f and r["method"] == m]
+            if accs:
+                table[f"{m}@{f}"] = {"mean": round(statistics.mean(accs), 2),
+                                     "std": round(statistics.stdev(accs), 2) if len(accs) > 1 else 0.0, "n": len(accs)}
+    return table
+
+
+def write_markdown(path: Path, result: dict) -> None:
+    s, b = result["summary"], result["budget"]
+    lines = [f"# DHO benchmark ({result['tag']})", "",
+             f"CIFAR-10 JPEG folder, class-balanced subsets: training pool {b['pool_per_class']}/class "
+             f"({b['pool_per_class'] * 10} images), validation {b['val_per_class']}/class, test {b['test_per_class']}/class. "
+             f"Student {b['student']}, {b['epochs']} epochs x {b['steps_per_epoch']} steps, batch {b['batch_size']}, "
+             f"lr {b['lr']} cosine; teacher `{result['teacher']['source']}` (test top-1 on the subset "
+             f"{result['teacher']['test_acc']:.2f}%). Seeds {b['seeds']}. {result['machine']}.", "",
+             "| labels | CE only (labeled) | single-head KD | DHO (mix) | DHO CE head | DHO KD head | DHO - KD |",
+             "|---|---|---|---|---|---|---|"]
+    rows = result["runs"]
+    for f in sorted({r["fraction"] for r in rows}, reverse=True):
+        cell = lambda m: f"{s[f'{m}@{f}']['mean']:.2f} ± {s[f'{m}@{f}']['std']:.2f}" if f"{m}@{f}" in s else "-"
+        d = [r for r in rows if r["fraction"] == f and r["method"] == "dho"]
+        ce_h = statistics.mean(r["test_acc_ce"] for r in d) if d else float("nan")
+        kd_h = statistics.mean(r["test_acc_kd"] for r in d) if d else float("nan")
+        gap = s[f"dho@{f}"]["mean"] - s[f"kd@{f}"]["mean"] if f"dho@{f}" in s and f"kd@{f}" in s else float("nan")
+        lines.append(f"| {f:.0%} | {cell('ce')} | {cell('kd')} | {cell('dho')} | {ce_h:.2f} | {kd_h:.2f} | {gap:+.2f} |")
+    lines += ["", "Top-1 % on the test subset, mean ± std over seeds. DHO's a/b per run: " +
+              ", ".join(f"{r['fraction']:.0%}/s{r['seed']}: a={r['alpha']:g} b={r['beta']:g}" for r in rows if r["method"] == "dho"), ""]
+    t = result.get("timing")
+    if t:
+        m = t["median_s"]
+        lines += ["## Epoch time (10% labels, interleaved rounds, median)", "",
+                  "| CE-only epoch | DHO, teacher cache | DHO, online teacher | cached / CE | online / CE |", "|---|---|---|---|---|",
+                  f"| {m['ce_only']:.2f} s | {m['dho_cached']:.2f} s | {m['dho_online']:.2f} s | {t['cached_over_ce']:.2f}x | {t['online_over_ce']:.2f}x |",
+                  "", f"{t['steps_per_epoch']} steps per timed epoch, {t['rounds']} rounds; the cache is built before the first epoch "
+                  f"(one teacher pass over the pool: {result['teacher'].get('cache_build_s', float('nan')):.1f} s, reused by every later run).", ""]
+    lines += [f"Command: `{result['command']}`", ""]
+    from edgekd.io import write_text_atomic
+
+    write_text_atomic(path, "\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", default="/tmp/edgekd-runs/cifar_resnet20_ce/best.pt",
+                    help="teacher checkpoint; trained here on the pool's full labels when absent")
+    ap.add_argument("--teacher-model", default="resnet14")
+    ap.add_argument("--teacher-epochs", type=int, default=8)
+    ap.add_argument("--student", default="resnet8")
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--pool-per-class", type=int, default=400)
+    ap.add_argument("--val-per-class", type=int, default=100)
+    ap.add_argument("--test-per-class", type=int, default=200)
+    ap.add_argument("--fractions", default="0.1,0.01")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--methods", default="ce,kd,dho")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--timing-rounds", type=int, default=3)
+    ap.add_argument("--timing-steps", type=int, default=15)
+    ap.add_argument("--tag", default="cpu")
+    ap.add_argument("--work", default=None, help="scratch directory for the runs (default: a temp dir)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("EDGEKD_CACHE", str(Path(tempfile.gettempdir()) / "edgekd-bench-cache"))
+
+    from edgekd.data import load_dataset
+    from edgekd.teachers import load_teacher, teacher_logits
+    from edgekd.train.checkpoint import load_checkpoint, rebuild_training_model
+    from edgekd.train.evaluate import evaluate, summarize as summarize_eval
+    from edgekd.data.loader import BatchLoader
+
+    t_start = time.perf_counter()
+    full = load_dataset(ensure_cifar(), 0.1, 0)
+    data = subset_data(full, args.pool_per_class, args.val_per_class, args.test_per_class)
+    work = Path(args.work or tempfile.mkdtemp(prefix="edgekd-dho-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if Path(args.teacher).is_file():
+        teacher, source = args.teacher, f"{args.teacher} (given)"
+    else:
+        print(f"no teacher at {args.teacher}: training {args.teacher_model} on the pool's full labels")
+        teacher = train_teacher(args, data, work)
+        source = f"{args.teacher_model}, {args.teacher_epochs} epochs on the pool's {len(data.y_train)} labeled images (trained here)"
+    ck = load_checkpoint(teacher)
+    tmodel = rebuild_training_model(ck)
+    test_loader = BatchLoader(data.x_test, data.y_test, 500, mean=ck["mean"], std=ck["std"], train=False)
+    t_acc = summarize_eval(evaluate(tmodel, test_loader, data.num_classes), "test")["test_acc"]
+    t0 = time.perf_counter()
+    teacher_logits(load_teacher(teacher, data), data, "train")  # fills the cache once for every run below
+    cache_s = time.perf_counter() - t0
+    print(f"teacher: {source}; test top-1 on the subset {t_acc:.2f}%; cache built in {cache_s:.1f} s")
+
+    rows = []
+    for f in [float(v) for v in args.fractions.split(",")]:
+        for seed in [int(v) for v in args.seeds.split(",")]:
+            for m in args.methods.split(","):
+                row = run_student(args, data, teacher, m, f, seed, work)
+                rows.append(row)
+                print(json.dumps({k: row[k] for k in ("method", "fraction", "seed", "test_acc", "test_acc_ce", "test_acc_kd",
+                                                      "alpha", "beta", "wall_s")}), flush=True)
+    timing = time_epochs(args, data, teacher, work) if args.timing_rounds > 0 else None
+    summary = summarize(rows)
+    steps = len(data.y_train) // args.batch_size
+    result = {
+        "tag": args.tag, "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+        "machine": f"{platform.machine()} CPU, torch {torch.__version__}, {args.threads} threads, os.cpu_count()={os.cpu_count()} (shared)",
+        "budget": {"student": args.student, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                   "steps_per_epoch": steps, "pool_per_class": args.pool_per_class, "val_per_class": args.val_per_class,
+                   "test_per_class": args.test_per_class, "seeds": args.seeds, "fractions": args.fractions},
+        "teacher": {"source": source, "test_acc": t_acc, "cache_build_s": round(cache_s, 2)},
+        "summary": summary, "runs": rows, "timing": timing,
+        "total_wall_s": round(time.perf_counter() - t_start, 1),
+    }
+    out_dir = ROOT / "benchmarks" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from edgekd.io import write_json_atomic
+
+    write_json_atomic(out_dir / f"dho_{args.tag}.json", result)
+    md = out_dir / f"dho_{args.tag}.md"
+    write_markdown(md, result)
+    print(md.read_text())
+
+
+if __name__ == "__main__":
+    main()

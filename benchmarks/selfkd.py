@@ -1,0 +1,226 @@
+"""Self-distillation benchmark on real CIFAR-10: CE vs PS-KD vs LSSKD (and Hinton KD).
+
+Same student, same epochs, same batches for every method, several seeds; reports mean and std
+of test top-1 and each method's training throughput relative to CE, measured in the same run
+(methods interleaved within every seed, so machine load hits them alike; medians of per-seed ratios).
+
+The issue's budget (resnet20 / resnet8x4 on the full training set for a full schedule) does not
+fit a shared 2-core CPU: `--train-per-class`, `--epochs` and `--model` choose a reduced,
+class-balanced budget that is written into the results. KD's teacher is an edgekd checkpoint
+(`--teacher`, default the CE resnet20 run at /tmp/edgekd-runs/cifar_resnet20_ce/best.pt when
+present); without one, a teacher is trained here on the same subset and reported as such.
+
+    python benchmarks/selfkd.py [--model resnet8] [--epochs 5] [--train-per-class 300] [--seeds 0,1,2] [--tag cpu]
+
+Writes benchmarks/results/selfkd_<tag>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+DATA_DIR = Path("/tmp/edgekd-data")
+DEFAULT_TEACHER = Path("/tmp/edgekd-runs/cifar_resnet20_ce/best.pt")
+
+
+def ensure_cifar() -> str:
+    """Extract the shared CIFAR-10 JPEG archive once (temp dir + atomic rename); return the data spec."""
+    target = DATA_DIR / "CIFAR-10-images"
+    if not (target / "test").is_dir():
+        archive = SHARED / "cifar10-jpg.tar.gz"
+        if not archive.is_file():
+            sys.exit(f"CIFAR-10 archive not found at {archive}")
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=DATA_DIR))
+        with tarfile.open(archive) as t:
+            t.extractall(tmp, filter="data")
+        try:
+            os.rename(tmp / "CIFAR-10-images", target)
+        except OSError:
+            pass  # another process won the race
+    return f"imagefolder:{target}"
+
+
+def pick_balanced(y: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:per_class] for c in np.unique(y)]))
+
+
+def subset_data(data, train: int, val: int, test: int):
+    """Class-balanced subsets of each split (fixed seeds: every method and seed sees the same images)."""
+    tr, va, te = pick_balanced(data.y_train, train, 11), pick_balanced(data.y_val, val, 12), pick_balanced(data.y_test, test, 13)
+    return replace(data, spec=f"{data.spec}#train{train}-val{val}-test{test}", x_train=data.x_train[tr],
+                   y_train=data.y_train[tr], train_ids=data.train_ids[tr], x_val=data.x_val[va], y_val=data.y_val[va],
+                   val_ids=data.val_ids[va], x_test=data.x_test[te], y_test=data.y_test[te])
+
+
+def run_one(args, data, method: str, seed: int, work: Path, teacher: str | None = None, **extra) -> dict:
+    """Train one student; return test top-1 (and per head), best val and per-epoch throughput."""
+    from edgekd.config import build_config
+    from edgekd.train.loop import train
+
+    out = work / f"{method}_s{seed}"
+    overrides = dict(model=extra.pop("model", args.model), method=method, epochs=extra.pop("epochs", args.epochs),
+                     batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs, seed=seed,
+                     threads=args.threads, out=str(out), progress=False, teacher=teacher, **extra)
+    cfg = build_config(overrides=overrides)
+    t0 = time.perf_counter()
+    res = train(cfg, data=data, log=lambda s: None)
+    wall = time.perf_counter() - t0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    ips = [r["img_per_s"] for r in records]
+    row = {"method": method, "seed": seed, "test_acc": res.test_acc, "best_val_acc": res.best_val_acc,
+           "img_per_s_median": statistics.median(ips), "img_per_s": ips, "wall_s": round(wall, 1),
+           "heads": {k[len("test_acc_"):]: v for k, v in res.summary.items() if k.startswith("test_acc_")}}
+    print(f"  {method:6s} seed {seed}: test {res.test_acc:6.2f}%  val {res.best_val_acc:6.2f}%  "
+          f"{row['img_per_s_median']:6.1f} img/s  {wall:6.1f} s  heads {row['heads']}", flush=True)
+    return row
+
+
+def resolve_teacher(args, data, work: Path) -> dict:
+    """Use the given/default edgekd teacher checkpoint, else train one on the subset."""
+    from edgekd.train.checkpoint import load_checkpoint, save_checkpoint
+
+    path = Path(args.teacher) if args.teacher else DEFAULT_TEACHER
+    if path.is_file():
+        ck = load_checkpoint(path)
+        frozen = work / "teacher.pt"  # a snapshot: the source run may still be writing best.pt
+        save_checkpoint(frozen, {k: v for k, v in ck.items() if k not in ("format", "format_version", "edgekd_version", "path")})
+        return {"path": str(frozen), "source": str(path), "model": ck["model_name"], "epoch": ck.get("epoch"),
+                "val_acc": ck.get("val_acc"), "trained_here": False}
+    print(f"no teacher at {path}: training {args.teacher_model} CE for {args.teacher_epochs} epochs on the subset", flush=True)
+    row = run_one(args, data, "ce", 1000, work / "teacher", model=args.teacher_model, epochs=args.teacher_epochs)
+    return {"path": str(work / "teacher" / "ce_s1000" / "best.pt"), "source": "trained here on the same subset",
+            "model": args.teacher_model, "epoch": args.teacher_epochs, "val_acc": row["best_val_acc"],
+            "test_acc": row["test_acc"], "wall_s": row["wall_s"], "trained_here": True}
+
+
+def summarize(rows: list[dict], methods: list[str]) -> dict:
+    out = {}
+    ce_ips = {r["seed"]: r["img_per_s_median"] for r in rows if r["method"] == "ce"}
+    for m in methods:
+        rs = [r for r in rows if r["method"] == m]
+        accs = [r["test_acc"] for r in rs]
+        ratios = [r["img_per_s_median"] / ce_ips[r["seed"]] for r in rs if r["seed"] in ce_ips]
+        out[m] = {"test_acc_mean": round(statistics.mean(accs), 2),
+                  "test_acc_std": round(statistics.stdev(accs), 2) if len(accs) > 1 else 0.0,
+                  "test_accs": accs, "img_per_s_median": round(statistics.median(r["img_per_s_median"] for r in rs), 1),
+                  "throughput_vs_ce": round(statistics.median(ratios), 3) if ratios else None,
+                  "wall_s_mean": round(statistics.mean(r["wall_s"] for r in rs), 1)}
+        heads = sorted({h for r in rs for h in r["heads"] if h != "main"})
+        for h in heads:
+            vals = [r["heads"][h] for r in rs if h in r["heads"]]
+            out[m][f"test_acc_{h}_mean"] = round(statistics.mean(vals), 2)
+    return out
+
+
+def write_markdown(path: Path, result: dict) -> None:
+    b, s = result["budget"], result["summary"]
+    lines = [f"# Self-distillation on CIFAR-10 ({result['tag']})", "",
+             f"**Reduced budget** (a shared 2-core CPU; the issue's full budget does not fit): student `{b['model']}`, "
+             f"{b['train_images']} class-balanced training images ({b['train_per_class']}/class), {b['epochs']} epochs, "
+             f"batch {b['batch_size']}, SGD lr {b['lr']} cosine, {len(result['seeds'])} seeds; validation "
+             f"{b['val_images']} images (best epoch kept), test {b['test_images']} images of the CIFAR-10 test split.", "",
+             f"KD teacher: `{result['teacher']['model']}` ({result['teacher']['source']}"
+             + (f", epoch {result['teacher']['epoch']}, val {result['teacher']['val_acc']:.2f}%" if result['teacher'].get('val_acc') is not None else "")
+             + (f", test {result['teacher']['test_acc']:.2f}%" if result['teacher'].get('test_acc') is not None else "") + ").", "",
+             "| method | test top-1 mean | std | per seed | img/s (median) | throughput vs CE | mean wall s |",
+             "|---|---|---|---|---|---|---|"]
+    for m, v in s.items():
+        lines.append(f"| {m} | {v['test_acc_mean']:.2f} | {v['test_acc_std']:.2f} | "
+                     f"{', '.join(f'{a:.2f}' for a in v['test_accs'])} | {v['img_per_s_median']:.1f} | "
+                     f"{v['throughput_vs_ce']:.2f}x | {v['wall_s_mean']:.0f} |")
+    aux = {m: {k: v for k, v in d.items() if k.startswith("test_acc_aux")} for m, d in s.items()}
+    for m, a in aux.items():
+        if a:
+            lines += ["", f"{m} auxiliary heads (test top-1, rotation logits summed): "
+                      + ", ".join(f"{k[len('test_acc_'):-len('_mean')]} {v:.2f}%" for k, v in a.items())]
+    lines += ["", "## Verdict", "", result["verdict"], "",
+              f"Command: `{result['command']}`  ", f"Machine: {result['machine']}; total {result['total_s']:.0f} s."]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet8")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--warmup-epochs", type=float, default=0.5)
+    p.add_argument("--train-per-class", type=int, default=300)
+    p.add_argument("--val-per-class", type=int, default=50)
+    p.add_argument("--test-per-class", type=int, default=200)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--methods", default="ce,pskd,lsskd,kd")
+    p.add_argument("--teacher", default=None)
+    p.add_argument("--teacher-model", default="resnet8")
+    p.add_argument("--teacher-epochs", type=int, default=9)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tag", default="cpu")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+
+    from edgekd.data import load_dataset
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    methods = args.methods.split(",")
+    data = subset_data(load_dataset(ensure_cifar(), 0.1, 0), args.train_per_class, args.val_per_class, args.test_per_class)
+    print(f"data: {len(data.y_train)} train / {len(data.y_val)} val / {len(data.y_test)} test images", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="edgekd-selfkd-"))
+    teacher = None  # resolved at the first KD run (a teacher being trained elsewhere may be ready by then)
+    rows = []
+    for seed in seeds:  # methods interleaved inside each seed: throughput ratios see the same machine load
+        for m in methods:
+            if m == "kd" and teacher is None:
+                teacher = resolve_teacher(args, data, work)
+                print(f"teacher: {teacher}", flush=True)
+            rows.append(run_one(args, data, m, seed, work, teacher=teacher["path"] if m == "kd" else None))
+    summary = summarize(rows, methods)
+    verdict = []
+    if "lsskd" in summary and "ce" in summary:
+        d = summary["lsskd"]["test_acc_mean"] - summary["ce"]["test_acc_mean"]
+        verdict.append(f"LSSKD vs CE: {d:+.2f} points (target >= +1.0: {'met' if d >= 1.0 else 'not met'}).")
+    if "lsskd" in summary and "pskd" in summary:
+        d = summary["lsskd"]["test_acc_mean"] - summary["pskd"]["test_acc_mean"]
+        verdict.append(f"LSSKD vs PS-KD: {d:+.2f} points (target >= +0.5: {'met' if d >= 0.5 else 'not met'}).")
+    if "lsskd" in summary:
+        verdict.append(f"LSSKD trains at {summary['lsskd']['throughput_vs_ce']:.2f}x CE's images/s "
+                       "(4 rotations per image through the backbone plus the auxiliary branches).")
+    result = {
+        "tag": args.tag, "command": "python benchmarks/selfkd.py " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared), torch {torch.__version__}, {args.threads} threads",
+        "budget": {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                   "train_per_class": args.train_per_class, "train_images": int(len(data.y_train)),
+                   "val_images": int(len(data.y_val)), "test_images": int(len(data.y_test)), "reduced": True},
+        "seeds": seeds, "teacher": teacher, "runs": rows, "summary": summary, "verdict": " ".join(verdict),
+        "total_s": round(time.perf_counter() - t_start, 1),
+    }
+    from edgekd.io import write_json_atomic
+
+    res_dir = ROOT / "benchmarks" / "results"
+    res_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(res_dir / f"selfkd_{args.tag}.json", result)
+    write_markdown(res_dir / f"selfkd_{args.tag}.md", result)
+    print(json.dumps(summary, indent=1))
+    print(result["verdict"])
+    print(f"wrote {res_dir / f'selfkd_{args.tag}.json'} and .md ({result['total_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

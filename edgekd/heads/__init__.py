@@ -1,0 +1,6 @@
+"""Training-only heads attached to a `Student` inside a `TrainingModel`.
+
+- `edgekd.heads.aux`: auxiliary classifiers after backbone stages (LSSKD / HSAKD), joint
+  4*C rotation labels; removed at inference.
+- `edgekd.heads.dual`: the second (KD) head of DHO.
+"""
