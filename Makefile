@@ -16,3 +16,9 @@ demo: venv
 
 test: venv
 	$(VENV)/bin/python -m pytest -ra
+
+# Torch-free runtime on aarch64 under qemu-user-static (root; first run builds an arm64 Debian
+# root with debootstrap, a few minutes): writes benchmarks/results/aarch64_qemu.{json,md}.
+.PHONY: aarch64-check
+aarch64-check: venv
+	PYTHON=$(abspath $(VENV))/bin/python scripts/aarch64_verify.sh

@@ -1,0 +1,154 @@
+"""The environment a benchmark ran in, stored in every report so numbers can be interpreted.
+
+CPU model, cores, thread settings, package versions (read from installed metadata: nothing
+heavy is imported just to learn a version), CUDA and GPU when present; on a Jetson the L4T
+release, nvpmodel power mode and clocks; on a Raspberry Pi the board model.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from typing import Any, Optional
+
+PACKAGES = ("torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "numpy", "onnx")
+
+
+def read_text(path: str, limit: int = 4096) -> Optional[str]:
+    """A small system file's text (NULs stripped, as in device-tree strings), or None."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit).replace(b"\x00", b"").decode(errors="replace").strip()
+    except OSError:
+        return None
+
+
+def run_quietly(cmd: list[str], timeout: float = 5.0) -> Optional[str]:
+    """A tool's stdout, or None when it is absent, fails or hangs."""
+    if shutil.which(cmd[0]) is None:
+        return None
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() if res.returncode == 0 else None
+
+
+def cpu_model() -> str:
+    text = read_text("/proc/cpuinfo", 1 << 16) or ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("model name", "Hardware", "Model", "cpu model"):
+            return value.strip()
+    return platform.processor() or platform.machine()
+
+
+def package_versions() -> dict[str, Optional[str]]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def cuda_info() -> dict[str, Any]:
+    """CUDA version and GPU name: from torch when it is already loaded, else nvidia-smi."""
+    info: dict[str, Any] = {"cuda": None, "gpu": None, "driver": None}
+    torch = sys.modules.get("torch")  # only when a torch runner already imported it
+    if torch is not None:
+        info["cuda"] = torch.version.cuda
+        try:
+            if torch.cuda.is_available():
+                info["gpu"] = torch.cuda.get_device_name(0)
+                info["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
+        except Exception:  # a broken driver must not break a report
+            pass
+    smi = run_quietly(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"])
+    if smi:
+        name, _, driver = smi.splitlines()[0].partition(",")
+        info["gpu"] = info["gpu"] or name.strip()
+        info["driver"] = driver.strip() or None
+    return info
+
+
+def jetson_info() -> Optional[dict[str, Any]]:
+    """L4T release, nvpmodel power mode and clocks on an NVIDIA Jetson; None elsewhere."""
+    release = read_text("/etc/nv_tegra_release")
+    if release is None:
+        return None
+    cpu_freqs = [read_text(p) for p in sorted(glob.glob("/sys/devices/system/cpu/cpu*/cpufreq/scaling_cur_freq"))]
+    gpu_freq = None
+    for pattern in ("/sys/devices/gpu.0/devfreq/*/cur_freq", "/sys/devices/platform/*gpu*/devfreq/*/cur_freq",
+                    "/sys/devices/platform/bus@0/*gpu*/devfreq/*/cur_freq"):
+        hits = glob.glob(pattern)
+        if hits:
+            gpu_freq = read_text(hits[0])
+            break
+    return {
+        "l4t_release": release.splitlines()[0],
+        "power_mode": run_quietly(["nvpmodel", "-q"]),
+        "cpu_freq_khz": [int(f) for f in cpu_freqs if f and f.isdigit()],
+        "gpu_freq_hz": int(gpu_freq) if gpu_freq and gpu_freq.isdigit() else gpu_freq,
+        "emc_freq_hz": read_text("/sys/kernel/debug/bpmp/debug/clk/emc/rate"),
+    }
+
+
+def board_model() -> Optional[str]:
+    """The device-tree board model (e.g. 'Raspberry Pi 4 Model B Rev 1.4'), when there is one."""
+    return read_text("/proc/device-tree/model")
+
+
+def collect_fingerprint(threads: Any = None) -> dict[str, Any]:
+    """Everything about this machine and process that changes benchmark numbers."""
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        affinity = None
+    torch = sys.modules.get("torch")
+    governor = read_text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+    fp: dict[str, Any] = {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": affinity,
+        "cpu_governor": governor,
+        "threads": {
+            "requested": threads,
+            "torch_intra_op": torch.get_num_threads() if torch is not None else None,
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        },
+        "packages": package_versions(),
+        **cuda_info(),
+        "board_model": board_model(),
+        "jetson": jetson_info(),
+    }
+    if fp["board_model"] and "raspberry" in fp["board_model"].lower():
+        fp["raspberry_pi"] = True
+    return fp
+
+
+def describe_fingerprint(fp: dict[str, Any]) -> str:
+    """One line for the table caption."""
+    parts = [f"{fp.get('cpu_model')} ({fp.get('cpu_affinity') or fp.get('cpu_count')} cores)"]
+    if fp.get("gpu"):
+        parts.append(f"GPU {fp['gpu']} (CUDA {fp.get('cuda')})")
+    if fp.get("board_model"):
+        parts.append(fp["board_model"])
+    if fp.get("jetson"):
+        parts.append(f"{fp['jetson']['l4t_release']}")
+    pk = fp.get("packages", {})
+    parts.append(", ".join(f"{k} {v}" for k, v in pk.items() if v and k in ("torch", "onnxruntime", "onnxruntime-gpu", "tensorrt")))
+    return " | ".join(p for p in parts if p)
+
+
+__all__ = ["collect_fingerprint", "describe_fingerprint", "board_model", "jetson_info", "cuda_info"]
