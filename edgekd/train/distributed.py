@@ -1,18 +1,295 @@
-"""Process-level entry for training; torch.distributed launch lives here."""
+"""Distributed training on torch.distributed: process entry, elastic launch, rank-0 sharing.
+
+Two ways to start N processes, both through torch's elastic agent (torchrun):
+
+- `edgekd train --nproc-per-node N ...` calls `launch`, which runs `torch.distributed.run` in
+  this process with `-m edgekd train --config <resolved config>` as the worker command;
+- `torchrun --nproc-per-node N -m edgekd train ...` starts the workers directly.
+
+Each worker calls `train_entry`, which sees `WORLD_SIZE > 1` in its environment, joins the
+process group (gloo on CPU, NCCL on CUDA, with `cfg.dist_timeout`), trains, and leaves it.
+
+Failures: when one worker fails the elastic agent stops the others at once; a collective that
+waits longer than `dist_timeout` raises instead of hanging. Every failing worker records its
+error in torchelastic's error file, and `launch` turns the root cause into one line
+(`error: distributed training failed: rank R: ...`, exit 1).
+"""
 
 from __future__ import annotations
 
+import datetime
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Optional
+
 from edgekd.config import TrainConfig
+from edgekd.errors import EdgekdError
+
+# Set by `launch` for its workers: they record errors for the launcher instead of printing them.
+LAUNCHED_ENV = "EDGEKD_ELASTIC_LAUNCH"
+ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
+
+
+class PeerFailedError(EdgekdError):
+    """This rank stopped because another rank failed (the other rank reports the cause)."""
+
+
+def env_world_size() -> int:
+    """WORLD_SIZE from the environment (set by torchrun), 1 when absent."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise EdgekdError(f"WORLD_SIZE must be an integer, got {os.environ['WORLD_SIZE']!r}") from None
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world_size) of the initialised process group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+# ---------------------------------------------------------------- worker side
+
+def init_process_group(cfg: TrainConfig) -> None:
+    """Join the process group torchrun describes in the environment: gloo on CPU, NCCL on CUDA."""
+    import torch
+    import torch.distributed as dist
+
+    from edgekd.train.loop import resolve_device
+
+    if cfg.dist_timeout <= 0:
+        raise EdgekdError(f"dist_timeout must be > 0 seconds, got {cfg.dist_timeout}")
+    device = resolve_device(cfg.device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl":
+        # abort the communicator and end the process on a NCCL error or timeout (instead of hanging)
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise EdgekdError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
+                              f"use --nproc-per-node <= {torch.cuda.device_count()}")
+        torch.cuda.set_device(local)
+    try:
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=cfg.dist_timeout))
+    except (RuntimeError, ValueError) as exc:  # torch.distributed.DistError is a RuntimeError
+        raise EdgekdError(f"cannot join the process group ({backend}): {_first_line(exc)}") from None
 
 
 def train_entry(cfg: TrainConfig):
-    """Train in this process (single process)."""
+    """Train in this process; under torchrun (WORLD_SIZE > 1) as one rank of a DDP run."""
     from edgekd.train.loop import train
 
-    return train(cfg)
+    if env_world_size() <= 1:
+        return train(cfg)
+    import torch.distributed as dist
+
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        init_process_group(cfg)
+        rank = dist.get_rank()
+        return train(cfg)
+    except BaseException as exc:  # noqa: BLE001 - a worker reports every failure, then exits 1
+        _report_worker_failure(exc, rank)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
-def launch(nproc: int, argv: list[str]) -> int:  # pragma: no cover - replaced by the DDP issue
-    from edgekd.errors import EdgekdError
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
-    raise EdgekdError("--nproc-per-node is not available yet")
+
+def _report_worker_failure(exc: BaseException, rank: int) -> None:
+    """Record why this rank failed (torchelastic error file), print it unless `launch` will, exit 1.
+
+    Ranks that only noticed another rank's failure (`PeerFailedError`, a broken or timed-out
+    collective) are marked secondary so the launcher reports the root cause.
+    """
+    import torch.distributed as dist
+
+    if isinstance(exc, KeyboardInterrupt):
+        raise SystemExit(130)
+    if isinstance(exc, SystemExit):
+        raise exc
+    if isinstance(exc, PeerFailedError):
+        primary, message = False, _first_line(exc)
+    elif isinstance(exc, EdgekdError):
+        primary, message = True, _first_line(exc)
+    elif isinstance(exc, dist.DistError) or "gloo" in str(exc).lower() or "nccl" in str(exc).lower():
+        timed_out = "timeout" in str(exc).lower() or "timed out" in str(exc).lower()
+        primary = timed_out  # a timeout is a cause in itself (a hung rank); a closed connection is not
+        detail = re.sub(r"^\[[^\]]*\]\s*", "", _first_line(exc))  # drop gloo's "[source.cc:78]" prefix
+        message = (f"a collective waited longer than dist_timeout (another rank is stuck or slow): {detail}"
+                   if timed_out else f"lost contact with the other processes (another rank probably failed): {detail}")
+    else:  # a bug: keep the traceback
+        primary, message = True, f"{type(exc).__name__}: {_first_line(exc)}"
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    error_file = os.environ.get(ERROR_FILE_ENV)
+    if error_file:
+        data = {"message": message, "timestamp": int(time.time()),
+                "edgekd": {"rank": rank, "message": message, "primary": primary, "time": time.time()}}
+        try:
+            Path(error_file).parent.mkdir(parents=True, exist_ok=True)
+            Path(error_file).write_text(json.dumps(data))
+        except OSError:
+            pass
+    if not os.environ.get(LAUNCHED_ENV) and (primary or rank == 0):
+        print(f"error: rank {rank}: {message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # exit now: interpreter shutdown with live gloo/NCCL threads can take seconds, and the elastic
+    # agent only stops the other ranks once this process is gone
+    os._exit(1)
+
+
+def share_from_rank0(fn: Callable[[], Any]) -> Any:
+    """Run `fn` on rank 0 only and give its result (or its error) to every rank.
+
+    Used for work that touches the run directory (checks, config.yaml, reading last.pt) so
+    that all ranks take the same branch: a failure on rank 0 is raised on every rank (as
+    `PeerFailedError` on the others) instead of leaving them waiting in a collective. The value
+    travels by pickle between this run's own processes.
+    """
+    import torch.distributed as dist
+
+    rank, world = rank_and_world()
+    if world == 1:
+        return fn()
+    box: list = [None]
+    if rank == 0:
+        try:
+            box[0] = ("ok", fn())
+        except EdgekdError as exc:
+            box[0] = ("error", _first_line(exc))
+            dist.broadcast_object_list(box, src=0)
+            raise
+        except BaseException as exc:
+            box[0] = ("error", f"rank 0 failed: {type(exc).__name__}: {_first_line(exc)}")
+            dist.broadcast_object_list(box, src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error" and rank != 0:
+        raise PeerFailedError(value)
+    return value
+
+
+def broadcast_state_from_rank0(module, buffers_only: bool = False) -> None:
+    """Copy rank 0's parameters and buffers (or only buffers) to every rank, in place.
+
+    DDP keeps parameters equal but each rank updates its own BatchNorm running statistics after
+    the last broadcast; evaluating with rank 0's buffers makes every rank score the model that
+    rank 0 saves.
+    """
+    import torch.distributed as dist
+
+    if rank_and_world()[1] == 1:
+        return
+    tensors = list(module.buffers()) if buffers_only else [*module.parameters(), *module.buffers()]
+    for t in tensors:
+        dist.broadcast(t.data, src=0)
+
+
+# ---------------------------------------------------------------- launcher side
+
+RENDEZVOUS_KEYS = ("nnodes", "node_rank", "master_addr", "master_port", "rdzv_backend", "rdzv_endpoint", "rdzv_id")
+
+
+def build_torchrun_args(nproc: int, config_file: str, progress: bool, rendezvous: dict) -> list[str]:
+    """torchrun's command line for `nproc` workers running `python -m edgekd train --config FILE`."""
+    args = ["--nproc-per-node", str(nproc), "--max-restarts", "0"]
+    for key in RENDEZVOUS_KEYS:
+        value = rendezvous.get(key)
+        if value is not None and value != "":
+            args += [f"--{key.replace('_', '-')}", str(value)]
+    unknown = set(rendezvous) - set(RENDEZVOUS_KEYS)
+    if unknown:
+        raise EdgekdError(f"unknown rendezvous option(s): {', '.join(sorted(unknown))}")
+    return args + ["--module", "edgekd", "train", "--config", config_file,
+                   "--progress" if progress else "--no-progress"]
+
+
+def launch(nproc: int, cfg: TrainConfig, rendezvous: Optional[dict] = None) -> int:
+    """Run `cfg` on `nproc` local workers through torch's elastic launcher; returns 0 or raises.
+
+    `rendezvous` takes torchrun's multi-node options by their config names (`nnodes`,
+    `node_rank`, `master_addr`, `master_port`, `rdzv_backend`, `rdzv_endpoint`, `rdzv_id`).
+    Without them the run is single-node on a free local port. Any worker's failure stops all
+    workers and is raised here as one EdgekdError naming the rank and its error.
+    """
+    import logging
+
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from edgekd.config import save_config
+
+    if nproc < 1:
+        raise EdgekdError(f"--nproc-per-node must be >= 1, got {nproc}")
+    rendezvous = {k: v for k, v in (rendezvous or {}).items() if v is not None}
+    saved_env = dict(os.environ)
+    # the agent's progress logs and its multi-line failure table would bury the one-line error
+    quiet = os.environ.get("EDGEKD_DEBUG_LAUNCH") is None
+    loggers = [lg for name, lg in logging.root.manager.loggerDict.items()
+               if name.startswith("torch.distributed") and isinstance(lg, logging.Logger)] if quiet else []
+    saved_levels = [lg.level for lg in loggers]
+    with tempfile.TemporaryDirectory(prefix="edgekd-launch-") as tmp:
+        config_file = str(Path(tmp) / "config.yaml")
+        save_config(cfg, config_file)  # the resolved config: every worker runs exactly this
+        try:
+            args = torchrun.parse_args(build_torchrun_args(nproc, config_file, cfg.progress, rendezvous))
+        except SystemExit:
+            raise EdgekdError("invalid rendezvous options for torchrun (see `torchrun --help`)") from None
+        os.environ[LAUNCHED_ENV] = "1"
+        if "OMP_NUM_THREADS" not in os.environ:  # share the cores instead of oversubscribing them
+            os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL)
+        try:
+            torchrun.run(args)
+        except ChildFailedError as exc:
+            raise EdgekdError(f"distributed training failed: {describe_failure(exc.failures)}") from None
+        except SignalException as exc:
+            raise EdgekdError(f"distributed training stopped by signal {exc.sigval.name}") from None
+        except (RuntimeError, ValueError) as exc:  # rendezvous errors (bad endpoint, timeout, ...)
+            raise EdgekdError(f"distributed launch failed: {_first_line(exc)}") from None
+        finally:
+            for lg, level in zip(loggers, saved_levels):
+                lg.setLevel(level)
+            os.environ.clear()
+            os.environ.update(saved_env)
+    return 0
+
+
+def describe_failure(failures: dict) -> str:
+    """One line for the root cause among torchelastic's `{rank: ProcessFailure}`.
+
+    Prefers a rank's own error (recorded by `train_entry`) over ranks that only noticed it, the
+    earliest first; falls back to exit codes and signals when no worker could record anything
+    (crash, out-of-memory kill).
+    """
+    recorded = []
+    for rank, failure in failures.items():
+        info = (failure.error_file_data or {}).get("edgekd") if isinstance(failure.error_file_data, dict) else None
+        if info:
+            recorded.append((not info.get("primary", True), float(info.get("time", 0.0)), int(rank), info["message"]))
+    if recorded:
+        _, _, rank, message = min(recorded)
+        return f"rank {rank}: {message}"
+    rank = min(failures, key=lambda r: (failures[r].exitcode < 0, r))  # a non-signal exit first
+    failure = failures[rank]
+    if failure.exitcode < 0:
+        hint = " (out of memory?)" if failure.signal_name() == "SIGKILL" else ""
+        return f"rank {rank} was killed by {failure.signal_name()}{hint}"
+    return f"rank {rank} exited with code {failure.exitcode}"

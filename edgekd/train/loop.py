@@ -139,18 +139,22 @@ def prepare_run(cfg: TrainConfig) -> tuple[TrainConfig, Optional[dict]]:
 
 def train(cfg: TrainConfig, data: Optional[ImageData] = None, log=print) -> RunResult:
     """Train a student as configured; write config, metrics and checkpoints to `cfg.out`."""
-    cfg, resume_ckpt = prepare_run(cfg)
+    from edgekd.train.distributed import broadcast_state_from_rank0, share_from_rank0
+
     rank, world = _dist()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
+    # rank 0 reads last.pt and shares it: every rank resumes alike (and node 0 alone needs the file)
+    cfg, resume_ckpt = share_from_rank0(lambda: prepare_run(cfg))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     _seed_everything(cfg.seed)
     data = data or load_dataset(cfg.data, cfg.val_fraction, cfg.split_seed)
     out = Path(cfg.out)
-    if rank == 0:
+
+    def prepare_run_dir() -> None:
         try:
             out.mkdir(parents=True, exist_ok=True)
             probe = out / ".write-test"
@@ -161,6 +165,8 @@ def train(cfg: TrainConfig, data: Optional[ImageData] = None, log=print) -> RunR
         if resume_ckpt is None and (out / names.LAST_CKPT).exists():
             raise ConfigError(f"{out} already holds a run; use --resume {out} or another --out")
         save_config(cfg, out / names.CONFIG_FILE)
+
+    share_from_rank0(prepare_run_dir)  # only rank 0 touches the directory; its error stops every rank
 
     c, h, w = data.input_shape
     model_kwargs = {"num_classes": data.num_classes, "in_channels": c}
@@ -184,6 +190,9 @@ def train(cfg: TrainConfig, data: Optional[ImageData] = None, log=print) -> RunR
         best_val = float(resume_ckpt.get("best_val_acc", -1.0))
         if "rng_torch" in resume_ckpt:
             torch.set_rng_state(resume_ckpt["rng_torch"])
+        if rank == 0 and int(resume_ckpt.get("world_size", world)) != world:
+            log(f"note: resuming a run trained with {resume_ckpt['world_size']} process(es) on {world}: the global "
+                f"batch changes from {cfg.batch_size * int(resume_ckpt['world_size'])} to {cfg.batch_size * world}")
 
     step_module: nn.Module = _StepModule(model, method)
     if world > 1:
@@ -218,7 +227,7 @@ def train(cfg: TrainConfig, data: Optional[ImageData] = None, log=print) -> RunR
             "input_shape": [c, h, w], "mean": list(data.mean), "std": list(data.std),
             "output_kind": model.output_kind, "data_spec": data.spec,
             "epoch": epoch, "global_step": global_step, "best_val_acc": best_val,
-            "val_acc": val_acc, "metrics": metrics, "rng_torch": torch.get_rng_state(),
+            "val_acc": val_acc, "metrics": metrics, "rng_torch": torch.get_rng_state(), "world_size": world,
         }
 
     metrics_path = out / names.METRICS_FILE
@@ -260,6 +269,7 @@ def train(cfg: TrainConfig, data: Optional[ImageData] = None, log=print) -> RunR
                   "train_loss": round(sums["loss_sum"] / max(sums["n"], 1), 5),
                   "train_acc": round(100.0 * sums["correct"] / max(sums["n"], 1), 3),
                   "img_per_s": round(sums["n"] / train_time, 1), "epoch_time_s": round(train_time, 2)}
+        broadcast_state_from_rank0(model, buffers_only=True)  # BN statistics: score what rank 0 saves
         if val_loader is not None:
             record.update(summarize(_all_reduce(evaluate(model, val_loader, data.num_classes), device), "val"))
         val_acc = record.get("val_acc", record["train_acc"])
@@ -279,14 +289,16 @@ def train(cfg: TrainConfig, data: Optional[ImageData] = None, log=print) -> RunR
     test_loader = BatchLoader(data.x_test, data.y_test, cfg.eval_batch_size, train=False, rank=rank,
                               world_size=world, **loader_kw)
     best_path = out / names.BEST_CKPT
-    if world > 1:
-        import torch.distributed as dist
 
-        dist.barrier()
-    if best_path.exists():  # evaluate (and finalise) the best checkpoint
-        model.load_state_dict(load_checkpoint(best_path)["model_state"])
+    def load_best() -> None:  # evaluate (and finalise) the best checkpoint
+        if best_path.exists():
+            model.load_state_dict(load_checkpoint(best_path)["model_state"])
+
+    share_from_rank0(load_best)  # waits for rank 0's writes; no shared filesystem needed
+    broadcast_state_from_rank0(model)
     if on_train_end is not None:
         on_train_end(model, val_loader)
+        broadcast_state_from_rank0(model, buffers_only=True)  # e.g. DHO's mix: evaluate what rank 0 saves
     test = summarize(_all_reduce(evaluate(model, test_loader, data.num_classes), device), "test")
     summary = {"model": cfg.model, "method": cfg.method, "data": data.spec, "epochs": cfg.epochs,
                "best_val_acc": round(best_val, 4), **test, "global_batch": cfg.batch_size * world}
