@@ -20,52 +20,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
-import tarfile
+import shutil
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-DATA_DIR = Path("/tmp/edgekd-data")
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from cifar import ensure_cifar, machine_line, subset_data  # noqa: E402
 
-
-def ensure_cifar() -> str:
-    """Extract the shared CIFAR-10 JPEG archive once (temp dir + atomic rename)."""
-    target = DATA_DIR / "CIFAR-10-images"
-    if not target.is_dir():
-        archive = SHARED / "cifar10-jpg.tar.gz"
-        if not archive.is_file():
-            sys.exit(f"CIFAR-10 archive not found at {archive}")
-        DATA_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=DATA_DIR))
-        with tarfile.open(archive) as t:
-            t.extractall(tmp, filter="data")
-        try:
-            os.rename(tmp / "CIFAR-10-images", target)
-        except OSError:
-            pass  # another process won the race
-    return f"imagefolder:{target}"
-
-
-def balanced(y: np.ndarray, per_class: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:per_class] for c in np.unique(y)]))
-
-
-def subset_data(data, pool: int, val: int, test: int):
-    """Class-balanced subsets; the spec is tagged so teacher caches never mix subsets."""
-    tr, va, te = balanced(data.y_train, pool, 1), balanced(data.y_val, val, 2), balanced(data.y_test, test, 3)
-    return replace(data, spec=f"{data.spec}#pool{pool}-val{val}-test{test}", x_train=data.x_train[tr],
-                   y_train=data.y_train[tr], train_ids=data.train_ids[tr], x_val=data.x_val[va], y_val=data.y_val[va],
-                   val_ids=data.val_ids[va], x_test=data.x_test[te], y_test=data.y_test[te])
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 METHODS = {
@@ -83,7 +52,7 @@ def run_student(args, data, teacher: str, method: str, fraction: float, seed: in
     cfg = build_config(overrides=dict(
         model=args.student, method="dho", teacher=teacher if method != "ce" else None, epochs=extra.pop("epochs", args.epochs),
         batch_size=args.batch_size, lr=args.lr, warmup_epochs=0.5, seed=seed, out=str(out), progress=False,
-        threads=args.threads, dho={"labeled_fraction": fraction, **METHODS[method], **extra.pop("dho", {})}, **extra))
+        threads=args.threads, device=args.device, dho={"labeled_fraction": fraction, **METHODS[method], **extra.pop("dho", {})}, **extra))
     lines: list[str] = []
     t0 = time.perf_counter()
     res = train(cfg, data, log=lines.append)
@@ -119,7 +88,8 @@ def train_teacher(args, data, work: Path) -> str:
 
     out = work / "teacher"
     cfg = build_config(overrides=dict(model=args.teacher_model, epochs=args.teacher_epochs, batch_size=args.batch_size,
-                                      lr=args.lr, warmup_epochs=0.5, out=str(out), progress=False, threads=args.threads))
+                                      lr=args.lr, warmup_epochs=0.5, out=str(out), progress=False, threads=args.threads,
+                                      device=args.device))
     res = train(cfg, data, log=print)
     return str(out / "best.pt")
 
@@ -169,12 +139,53 @@ def write_markdown(path: Path, result: dict) -> None:
     write_text_atomic(path, "\n".join(lines))
 
 
+def build_result(args, rows, timing, teacher_info, command, machine, total_s, steps) -> dict:
+    return {
+        "tag": args.tag, "command": command, "machine": machine,
+        "budget": {"student": args.student, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                   "steps_per_epoch": steps, "pool_per_class": args.pool_per_class, "val_per_class": args.val_per_class,
+                   "test_per_class": args.test_per_class, "seeds": args.seeds, "fractions": args.fractions,
+                   "device": args.device},
+        "teacher": teacher_info, "summary": summarize(rows), "runs": rows, "timing": timing,
+        "total_wall_s": round(total_s, 1),
+    }
+
+
+def write_result(result: dict) -> Path:
+    from edgekd.io import write_json_atomic
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(RESULTS / f"dho_{result['tag']}.json", result)
+    md = RESULTS / f"dho_{result['tag']}.md"
+    write_markdown(md, result)
+    return md
+
+
+def merge(args, tags: list[str]) -> None:
+    """Combine partial results (e.g. one process per labeled fraction and seed on a GPU)."""
+    parts = [json.loads((RESULTS / f"dho_{t}.json").read_text()) for t in tags]
+    first = parts[0]
+    b = first["budget"]
+    for k in ("student", "epochs", "batch_size", "lr", "pool_per_class", "val_per_class", "test_per_class", "device"):
+        setattr(args, k, b[k])
+    rows = [r for p in parts for r in p["runs"]]
+    args.seeds = ",".join(str(s) for s in sorted({r["seed"] for r in rows}))
+    args.fractions = ",".join(str(f) for f in sorted({r["fraction"] for r in rows}, reverse=True))
+    timing = next((p["timing"] for p in parts if p.get("timing")), None)
+    result = build_result(args, rows, timing, first["teacher"], " ; ".join(p["command"] for p in parts),
+                          first["machine"] + f"; {len(parts)} processes sharing it: " + ", ".join(tags),
+                          max(p["total_wall_s"] for p in parts), b["steps_per_epoch"])
+    print(write_result(result).read_text())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", default="/tmp/edgekd-runs/cifar_resnet20_ce/best.pt",
                     help="teacher checkpoint; trained here on the pool's full labels when absent")
     ap.add_argument("--teacher-model", default="resnet14")
     ap.add_argument("--teacher-epochs", type=int, default=8)
+    ap.add_argument("--teacher-only", default=None, metavar="PATH",
+                    help="train the teacher on the pool's full labels, copy its best.pt to PATH and exit")
     ap.add_argument("--student", default="resnet8")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=64)
@@ -185,12 +196,18 @@ def main() -> None:
     ap.add_argument("--fractions", default="0.1,0.01")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--methods", default="ce,kd,dho")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--timing-rounds", type=int, default=3)
     ap.add_argument("--timing-steps", type=int, default=15)
+    ap.add_argument("--merge", default=None, metavar="TAG,TAG", help="combine earlier results into --tag and exit")
     ap.add_argument("--tag", default="cpu")
     ap.add_argument("--work", default=None, help="scratch directory for the runs (default: a temp dir)")
     args = ap.parse_args()
+    if args.merge is not None:
+        if not args.merge.strip():
+            sys.exit("--merge: no partial results to merge")
+        return merge(args, args.merge.split(","))
     torch.set_num_threads(args.threads)
     os.environ.setdefault("EDGEKD_CACHE", str(Path(tempfile.gettempdir()) / "edgekd-bench-cache"))
 
@@ -202,23 +219,45 @@ def main() -> None:
 
     t_start = time.perf_counter()
     full = load_dataset(ensure_cifar(), 0.1, 0)
-    data = subset_data(full, args.pool_per_class, args.val_per_class, args.test_per_class)
+    data = subset_data(full, args.pool_per_class, args.val_per_class, args.test_per_class, tag="pool")
     work = Path(args.work or tempfile.mkdtemp(prefix="edgekd-dho-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    if Path(args.teacher).is_file():
-        teacher, source = args.teacher, f"{args.teacher} (given)"
-    else:
-        print(f"no teacher at {args.teacher}: training {args.teacher_model} on the pool's full labels")
+    if args.teacher_only or not Path(args.teacher).is_file():
+        print(f"training teacher {args.teacher_model} on the pool's full labels")
+        t0 = time.perf_counter()
         teacher = train_teacher(args, data, work)
-        source = f"{args.teacher_model}, {args.teacher_epochs} epochs on the pool's {len(data.y_train)} labeled images (trained here)"
+        source = (f"{args.teacher_model}, {args.teacher_epochs} epochs on the pool's {len(data.y_train)} labeled images "
+                  f"(trained here in {time.perf_counter() - t0:.0f} s)")
+        if args.teacher_only:
+            Path(args.teacher_only).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(teacher, args.teacher_only)
+            Path(args.teacher_only + ".json").write_text(json.dumps({"source": source}))
+            print(f"teacher written to {args.teacher_only}")
+            return
+    else:
+        side = Path(args.teacher + ".json")
+        teacher = args.teacher
+        source = f"{args.teacher} (given)"
+        if side.is_file():  # written by a --teacher-only run (this script's or selfkd.py's)
+            info = json.loads(side.read_text())
+            source = info["source"] if "model" not in info else (
+                f"{info['model']}, CE, {info.get('epoch')} epochs on the full CIFAR-10 train split, trained by edgekd "
+                f"(best val {info.get('val_acc', float('nan')):.2f}%)")
     ck = load_checkpoint(teacher)
-    tmodel = rebuild_training_model(ck)
-    test_loader = BatchLoader(data.x_test, data.y_test, 500, mean=ck["mean"], std=ck["std"], train=False)
+    dev = torch.device("cuda" if args.device in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
+    tmodel = rebuild_training_model(ck, dev)
+    test_loader = BatchLoader(data.x_test, data.y_test, 500, mean=ck["mean"], std=ck["std"], train=False, device=dev)
     t_acc = summarize_eval(evaluate(tmodel, test_loader, data.num_classes), "test")["test_acc"]
     t0 = time.perf_counter()
-    teacher_logits(load_teacher(teacher, data), data, "train")  # fills the cache once for every run below
+    # fills the cache once for every run below (on the GPU when there is one: a CPU pass of a
+    # resnet32x4 over 45k images takes minutes)
+    teacher_logits(load_teacher(teacher, data, dev), data, "train", device=dev)
     cache_s = time.perf_counter() - t0
     print(f"teacher: {source}; test top-1 on the subset {t_acc:.2f}%; cache built in {cache_s:.1f} s")
+    teacher_info = {"source": source, "test_acc": t_acc, "cache_build_s": round(cache_s, 2)}
+    command = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
+    machine = machine_line(args.device, args.threads)
+    steps = len(data.y_train) // args.batch_size
 
     rows = []
     for f in [float(v) for v in args.fractions.split(",")]:
@@ -228,26 +267,11 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps({k: row[k] for k in ("method", "fraction", "seed", "test_acc", "test_acc_ce", "test_acc_kd",
                                                       "alpha", "beta", "wall_s")}), flush=True)
+                # written after every run: a run cut short (e.g. at a time limit) still leaves its figures
+                write_result(build_result(args, rows, None, teacher_info, command, machine,
+                                          time.perf_counter() - t_start, steps))
     timing = time_epochs(args, data, teacher, work) if args.timing_rounds > 0 else None
-    summary = summarize(rows)
-    steps = len(data.y_train) // args.batch_size
-    result = {
-        "tag": args.tag, "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
-        "machine": f"{platform.machine()} CPU, torch {torch.__version__}, {args.threads} threads, os.cpu_count()={os.cpu_count()} (shared)",
-        "budget": {"student": args.student, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                   "steps_per_epoch": steps, "pool_per_class": args.pool_per_class, "val_per_class": args.val_per_class,
-                   "test_per_class": args.test_per_class, "seeds": args.seeds, "fractions": args.fractions},
-        "teacher": {"source": source, "test_acc": t_acc, "cache_build_s": round(cache_s, 2)},
-        "summary": summary, "runs": rows, "timing": timing,
-        "total_wall_s": round(time.perf_counter() - t_start, 1),
-    }
-    out_dir = ROOT / "benchmarks" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    from edgekd.io import write_json_atomic
-
-    write_json_atomic(out_dir / f"dho_{args.tag}.json", result)
-    md = out_dir / f"dho_{args.tag}.md"
-    write_markdown(md, result)
+    md = write_result(build_result(args, rows, timing, teacher_info, command, machine, time.perf_counter() - t_start, steps))
     print(md.read_text())
 
 

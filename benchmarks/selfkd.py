@@ -20,53 +20,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
-import tarfile
+import shutil
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-DATA_DIR = Path("/tmp/edgekd-data")
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from cifar import ensure_cifar, machine_line, subset_data  # noqa: E402
+
 DEFAULT_TEACHER = Path("/tmp/edgekd-runs/cifar_resnet20_ce/best.pt")
-
-
-def ensure_cifar() -> str:
-    """Extract the shared CIFAR-10 JPEG archive once (temp dir + atomic rename); return the data spec."""
-    target = DATA_DIR / "CIFAR-10-images"
-    if not (target / "test").is_dir():
-        archive = SHARED / "cifar10-jpg.tar.gz"
-        if not archive.is_file():
-            sys.exit(f"CIFAR-10 archive not found at {archive}")
-        DATA_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=DATA_DIR))
-        with tarfile.open(archive) as t:
-            t.extractall(tmp, filter="data")
-        try:
-            os.rename(tmp / "CIFAR-10-images", target)
-        except OSError:
-            pass  # another process won the race
-    return f"imagefolder:{target}"
-
-
-def pick_balanced(y: np.ndarray, per_class: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:per_class] for c in np.unique(y)]))
-
-
-def subset_data(data, train: int, val: int, test: int):
-    """Class-balanced subsets of each split (fixed seeds: every method and seed sees the same images)."""
-    tr, va, te = pick_balanced(data.y_train, train, 11), pick_balanced(data.y_val, val, 12), pick_balanced(data.y_test, test, 13)
-    return replace(data, spec=f"{data.spec}#train{train}-val{val}-test{test}", x_train=data.x_train[tr],
-                   y_train=data.y_train[tr], train_ids=data.train_ids[tr], x_val=data.x_val[va], y_val=data.y_val[va],
-                   val_ids=data.val_ids[va], x_test=data.x_test[te], y_test=data.y_test[te])
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 def run_one(args, data, method: str, seed: int, work: Path, teacher: str | None = None, **extra) -> dict:
@@ -77,7 +46,7 @@ def run_one(args, data, method: str, seed: int, work: Path, teacher: str | None 
     out = work / f"{method}_s{seed}"
     overrides = dict(model=extra.pop("model", args.model), method=method, epochs=extra.pop("epochs", args.epochs),
                      batch_size=args.batch_size, lr=args.lr, warmup_epochs=args.warmup_epochs, seed=seed,
-                     threads=args.threads, out=str(out), progress=False, teacher=teacher, **extra)
+                     threads=args.threads, out=str(out), progress=False, teacher=teacher, device=args.device, **extra)
     cfg = build_config(overrides=overrides)
     t0 = time.perf_counter()
     res = train(cfg, data=data, log=lambda s: None)
@@ -129,22 +98,29 @@ def summarize(rows: list[dict], methods: list[str]) -> dict:
     return out
 
 
+def teacher_line(t) -> str:
+    if not t:
+        return "No KD run (no teacher)."
+    return (f"KD teacher: `{t['model']}` ({t['source']}"
+            + (f", epoch {t['epoch']}, val {t['val_acc']:.2f}%" if t.get("val_acc") is not None else "")
+            + (f", test {t['test_acc']:.2f}%" if t.get("test_acc") is not None else "") + ").")
+
+
 def write_markdown(path: Path, result: dict) -> None:
     b, s = result["budget"], result["summary"]
     lines = [f"# Self-distillation on CIFAR-10 ({result['tag']})", "",
-             f"**Reduced budget** (a shared 2-core CPU; the issue's full budget does not fit): student `{b['model']}`, "
+             (f"**Reduced budget** (a shared 2-core CPU; the issue's full budget does not fit): " if b.get("reduced", True)
+              else f"Budget on {b.get('device', 'cpu')}: ") + f"student `{b['model']}`, "
              f"{b['train_images']} class-balanced training images ({b['train_per_class']}/class), {b['epochs']} epochs, "
              f"batch {b['batch_size']}, SGD lr {b['lr']} cosine, {len(result['seeds'])} seeds; validation "
              f"{b['val_images']} images (best epoch kept), test {b['test_images']} images of the CIFAR-10 test split.", "",
-             f"KD teacher: `{result['teacher']['model']}` ({result['teacher']['source']}"
-             + (f", epoch {result['teacher']['epoch']}, val {result['teacher']['val_acc']:.2f}%" if result['teacher'].get('val_acc') is not None else "")
-             + (f", test {result['teacher']['test_acc']:.2f}%" if result['teacher'].get('test_acc') is not None else "") + ").", "",
+             teacher_line(result.get("teacher")), "",
              "| method | test top-1 mean | std | per seed | img/s (median) | throughput vs CE | mean wall s |",
              "|---|---|---|---|---|---|---|"]
     for m, v in s.items():
         lines.append(f"| {m} | {v['test_acc_mean']:.2f} | {v['test_acc_std']:.2f} | "
                      f"{', '.join(f'{a:.2f}' for a in v['test_accs'])} | {v['img_per_s_median']:.1f} | "
-                     f"{v['throughput_vs_ce']:.2f}x | {v['wall_s_mean']:.0f} |")
+                     + (f"{v['throughput_vs_ce']:.2f}x" if v['throughput_vs_ce'] is not None else "-") + f" | {v['wall_s_mean']:.0f} |")
     aux = {m: {k: v for k, v in d.items() if k.startswith("test_acc_aux")} for m, d in s.items()}
     for m, a in aux.items():
         if a:
@@ -153,6 +129,57 @@ def write_markdown(path: Path, result: dict) -> None:
     lines += ["", "## Verdict", "", result["verdict"], "",
               f"Command: `{result['command']}`  ", f"Machine: {result['machine']}; total {result['total_s']:.0f} s."]
     path.write_text("\n".join(lines) + "\n")
+
+
+def build_result(args, rows: list[dict], methods: list[str], seeds: list[int], teacher, data_sizes: dict,
+                 total_s: float, command: str, machine: str) -> dict:
+    summary = summarize(rows, methods)
+    verdict = []
+    if "lsskd" in summary and "ce" in summary:
+        d = summary["lsskd"]["test_acc_mean"] - summary["ce"]["test_acc_mean"]
+        verdict.append(f"LSSKD vs CE: {d:+.2f} points (target >= +1.0: {'met' if d >= 1.0 else 'not met'}).")
+    if "lsskd" in summary and "pskd" in summary:
+        d = summary["lsskd"]["test_acc_mean"] - summary["pskd"]["test_acc_mean"]
+        verdict.append(f"LSSKD vs PS-KD: {d:+.2f} points (target >= +0.5: {'met' if d >= 0.5 else 'not met'}).")
+    if "lsskd" in summary and summary["lsskd"]["throughput_vs_ce"] is not None:
+        verdict.append(f"LSSKD trains at {summary['lsskd']['throughput_vs_ce']:.2f}x CE's images/s "
+                       "(4 rotations per image through the backbone plus the auxiliary branches).")
+    return {
+        "tag": args.tag, "command": command, "machine": machine,
+        "budget": {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                   "train_per_class": args.train_per_class, **data_sizes,
+                   "reduced": data_sizes["train_images"] < 45000, "device": args.device},
+        "seeds": seeds, "teacher": teacher, "runs": rows, "summary": summary, "verdict": " ".join(verdict),
+        "total_s": round(total_s, 1),
+    }
+
+
+def write_result(result: dict) -> None:
+    from edgekd.io import write_json_atomic
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(RESULTS / f"selfkd_{result['tag']}.json", result)
+    write_markdown(RESULTS / f"selfkd_{result['tag']}.md", result)
+
+
+def merge(args, tags: list[str]) -> None:
+    """Combine the runs of several partial results (e.g. one process per seed on a GPU) into one."""
+    parts = [json.loads((RESULTS / f"selfkd_{t}.json").read_text()) for t in tags]
+    rows = [r for p in parts for r in p["runs"]]
+    methods = [m for m in ("ce", "pskd", "lsskd", "kd") if any(r["method"] == m for r in rows)]
+    seeds = sorted({r["seed"] for r in rows})
+    teacher = next((p["teacher"] for p in parts if p.get("teacher")), None)
+    first = parts[0]
+    for k in ("model", "epochs", "batch_size", "lr", "train_per_class"):
+        setattr(args, k, first["budget"][k])
+    args.device = first["budget"].get("device", "cpu")
+    sizes = {k: first["budget"][k] for k in ("train_images", "val_images", "test_images")}
+    result = build_result(args, rows, methods, seeds, teacher, sizes, max(p["total_s"] for p in parts),
+                          " ; ".join(p["command"] for p in parts),
+                          first["machine"] + f"; {len(parts)} processes sharing it: " + ", ".join(tags))
+    write_result(result)
+    print(json.dumps(result["summary"], indent=1))
+    print(result["verdict"])
 
 
 def main() -> None:
@@ -170,9 +197,17 @@ def main() -> None:
     p.add_argument("--teacher", default=None)
     p.add_argument("--teacher-model", default="resnet8")
     p.add_argument("--teacher-epochs", type=int, default=9)
+    p.add_argument("--teacher-only", default=None, metavar="PATH",
+                   help="train the KD teacher on the subset, copy its best.pt to PATH and exit")
+    p.add_argument("--merge", default=None, metavar="TAG,TAG", help="combine earlier results into --tag and exit")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tag", default="cpu")
     args = p.parse_args()
+    if args.merge is not None:
+        if not args.merge.strip():
+            sys.exit("--merge: no partial results to merge")
+        return merge(args, args.merge.split(","))
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
 
@@ -181,45 +216,37 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",")
     data = subset_data(load_dataset(ensure_cifar(), 0.1, 0), args.train_per_class, args.val_per_class, args.test_per_class)
-    print(f"data: {len(data.y_train)} train / {len(data.y_val)} val / {len(data.y_test)} test images", flush=True)
+    sizes = {"train_images": int(len(data.y_train)), "val_images": int(len(data.y_val)), "test_images": int(len(data.y_test))}
+    print(f"data: {sizes}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="edgekd-selfkd-"))
+    if args.teacher_only:
+        args.teacher = "/nonexistent"
+        teacher = resolve_teacher(args, data, work)
+        Path(args.teacher_only).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(teacher["path"], args.teacher_only)
+        Path(args.teacher_only + ".json").write_text(json.dumps({**teacher, "path": args.teacher_only}))
+        print(f"teacher written to {args.teacher_only}: {teacher}")
+        return
     teacher = None  # resolved at the first KD run (a teacher being trained elsewhere may be ready by then)
+    command = "python benchmarks/selfkd.py " + " ".join(sys.argv[1:])
+    machine = machine_line(args.device, args.threads)
     rows = []
     for seed in seeds:  # methods interleaved inside each seed: throughput ratios see the same machine load
         for m in methods:
             if m == "kd" and teacher is None:
                 teacher = resolve_teacher(args, data, work)
+                side = Path(str(args.teacher) + ".json")
+                if side.is_file():  # written by --teacher-only: keep its training figures
+                    teacher.update({k: v for k, v in json.loads(side.read_text()).items() if k not in ("path",)})
                 print(f"teacher: {teacher}", flush=True)
             rows.append(run_one(args, data, m, seed, work, teacher=teacher["path"] if m == "kd" else None))
-    summary = summarize(rows, methods)
-    verdict = []
-    if "lsskd" in summary and "ce" in summary:
-        d = summary["lsskd"]["test_acc_mean"] - summary["ce"]["test_acc_mean"]
-        verdict.append(f"LSSKD vs CE: {d:+.2f} points (target >= +1.0: {'met' if d >= 1.0 else 'not met'}).")
-    if "lsskd" in summary and "pskd" in summary:
-        d = summary["lsskd"]["test_acc_mean"] - summary["pskd"]["test_acc_mean"]
-        verdict.append(f"LSSKD vs PS-KD: {d:+.2f} points (target >= +0.5: {'met' if d >= 0.5 else 'not met'}).")
-    if "lsskd" in summary:
-        verdict.append(f"LSSKD trains at {summary['lsskd']['throughput_vs_ce']:.2f}x CE's images/s "
-                       "(4 rotations per image through the backbone plus the auxiliary branches).")
-    result = {
-        "tag": args.tag, "command": "python benchmarks/selfkd.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared), torch {torch.__version__}, {args.threads} threads",
-        "budget": {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                   "train_per_class": args.train_per_class, "train_images": int(len(data.y_train)),
-                   "val_images": int(len(data.y_val)), "test_images": int(len(data.y_test)), "reduced": True},
-        "seeds": seeds, "teacher": teacher, "runs": rows, "summary": summary, "verdict": " ".join(verdict),
-        "total_s": round(time.perf_counter() - t_start, 1),
-    }
-    from edgekd.io import write_json_atomic
-
-    res_dir = ROOT / "benchmarks" / "results"
-    res_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(res_dir / f"selfkd_{args.tag}.json", result)
-    write_markdown(res_dir / f"selfkd_{args.tag}.md", result)
-    print(json.dumps(summary, indent=1))
+            # written after every run: a run cut short (e.g. at a time limit) still leaves its figures
+            write_result(build_result(args, rows, [x for x in methods if any(r["method"] == x for r in rows)], seeds,
+                                      teacher, sizes, time.perf_counter() - t_start, command, machine))
+    result = json.loads((RESULTS / f"selfkd_{args.tag}.json").read_text())
+    print(json.dumps(result["summary"], indent=1))
     print(result["verdict"])
-    print(f"wrote {res_dir / f'selfkd_{args.tag}.json'} and .md ({result['total_s']:.0f} s)")
+    print(f"wrote {RESULTS / f'selfkd_{args.tag}.json'} and .md ({result['total_s']:.0f} s)")
 
 
 if __name__ == "__main__":
