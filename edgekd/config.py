@@ -2,7 +2,7 @@
 
 Precedence: defaults < `--config FILE` < command-line options (including `--set key=value`).
 Config keys are the CLI option names with underscores; method sections are nested
-(`kd.temperature`, `lsskd.aux_weight`, ...).
+(`kd.temperature`, `lsskd.aux_ce_weight`, ...).
 """
 
 from __future__ import annotations

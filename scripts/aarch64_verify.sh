@@ -107,7 +107,7 @@ rm -rf "$ARM64_ROOT/opt/case" && cp -r "$WORK_DIR/case" "$ARM64_ROOT/opt/case"
 
 # ---- 6. aarch64: the same command under emulation -----------------------------------------
 log "aarch64 (qemu, QEMU_CPU=$QEMU_CPU): classifying"
-in_root python3 -c 'import platform, sys, numpy, onnxruntime, PIL, json; print(json.dumps({"machine": platform.machine(), "python": sys.version.split()[0], "numpy": numpy.__version__, "onnxruntime": onnxruntime.__version__, "pillow": PIL.__version__, "torch_importable": __import__("importlib").util.find_spec("torch") is not None}))' > "$WORK_DIR/case/arm_env.json"
+in_root python3 -c 'import platform, sys, numpy, onnxruntime, PIL, json; print(json.dumps({"machine": platform.machine(), "python": sys.version.split()[0], "numpy": numpy.__version__, "onnxruntime": onnxruntime.__version__, "pillow": PIL.__version__, "torch_importable": __import__("importlib.util").util.find_spec("torch") is not None}))' > "$WORK_DIR/case/arm_env.json"
 start=$(date +%s%N)
 in_root env PYTHONPATH=/opt/edgekd python3 -m edgekd.runtime /opt/case/model.onnx /opt/case/images \
   --json --top-k 10 --batch-size 32 > "$WORK_DIR/case/arm_pred.json"

@@ -25,6 +25,10 @@ from edgekd.io import sha256_file, write_json_atomic
 
 PARITY_IMAGES = 256  # inputs compared against --reference
 
+# An INT8 model fails the check only when it is this much slower than FP32: one noisy run on a
+# shared machine moves a ratio by a few percent (measured here: 0.86-1.31 for a model vs itself).
+INT8_SLOW_TOLERANCE = 0.05
+
 
 @dataclass(frozen=True)
 class BenchOptions:
@@ -215,7 +219,7 @@ def _check_int8(opts: BenchOptions, paths: list[str], runners: list[Runner], art
                 continue
             speedup = base["p50_ms"] / row["p50_ms"]
             row["int8_speedup"] = speedup
-            if speedup < 1.0:
+            if speedup < 1.0 - INT8_SLOW_TOLERANCE:
                 msg = (f"INT8 slower than its FP32 source {arts[j]['name']} at batch {row['batch_size']}: "
                        f"{speedup:.2f}x ({row['p50_ms']:.3f} ms vs {base['p50_ms']:.3f} ms); check the INT8 flavour "
                        "for this runtime (S8S8 QDQ is for TensorRT, U8S8 for CPU)")
@@ -223,6 +227,9 @@ def _check_int8(opts: BenchOptions, paths: list[str], runners: list[Runner], art
                 row["warnings"].append(msg)
                 arts[i]["status"] = "int8 slower than fp32"
                 arts[i].setdefault("failures", []).append(msg)
+            elif speedup < 1.0:  # within timing noise of FP32: said, not failed
+                row["warnings"].append(f"INT8 no faster than its FP32 source at batch {row['batch_size']} "
+                                       f"({speedup:.2f}x, within the {INT8_SLOW_TOLERANCE:.0%} noise tolerance)")
 
 
 def _mark_gate_failure(arts: list[dict], failure: str) -> None:

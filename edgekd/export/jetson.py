@@ -292,7 +292,7 @@ max {opts.max_batch}; workspace {opts.workspace_mb} MiB; {dla}.
 ```bash
 sha256sum --check {KIT_SUMS}      # after copying the kit over
 bash {KIT_SCRIPT}                 # writes {ENGINE_FILE} + {ENGINE_FILE}.json, log in {KIT_LOG}
-edgekd bench {ENGINE_FILE}         # latency on this device (needs edgekd with the tensorrt extra)
+edgekd bench {ENGINE_FILE} --device cuda   # latency on this device (edgekd[train] + JetPack's TensorRT python bindings)
 ```
 
 `{KIT_SCRIPT}` finds `trtexec` on PATH or at `{JETPACK_TRTEXEC}` (JetPack's place); set
