@@ -85,7 +85,7 @@ def train(
     cfg = run_guarded(build)
     rendezvous = dict(nnodes=nnodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port,
                       rdzv_backend=rdzv_backend, rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id)
-    if nproc_per_node is not None and (nproc_per_node > 1 or any(v is not None for v in rendezvous.values())):
+    if nproc_per_node is not None and (nproc_per_node != 1 or any(v is not None for v in rendezvous.values())):
         from edgekd.train.distributed import launch
 
         raise typer.Exit(run_guarded(launch, nproc_per_node, cfg, rendezvous))

@@ -26,19 +26,28 @@ class Batch:
 class BatchLoader:
     """Shuffled mini-batches with batched augmentation.
 
-    The permutation of epoch `e` is drawn from `seed * 1000 + e`, so every rank draws the same
-    permutation and takes its own interleaved shard (like DistributedSampler with padding).
+    `train` turns on shuffling and augmentation; `shuffle` (default: `train`) sets shuffling
+    alone, so a run without augmentation still sees a new order every epoch.
+
+    Under torch.distributed the permutation of epoch `e` is drawn from `seed * 1000 + e`, so every
+    rank draws the same permutation and takes its own interleaved shard, like DistributedSampler:
+    with `even_shards` (training: every step is a collective, so every rank must take the same
+    number of steps) the permutation is padded by wrapping; without it (evaluation) the shards
+    differ by at most one image and every image is counted exactly once.
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, mean: Sequence[float],
                  std: Sequence[float], *, train: bool, hflip: bool = True, seed: int = 0,
                  device: torch.device | str = "cpu", drop_last: Optional[bool] = None,
-                 rank: int = 0, world_size: int = 1, channels_last: bool = False):
+                 rank: int = 0, world_size: int = 1, channels_last: bool = False,
+                 shuffle: Optional[bool] = None, even_shards: bool = True):
         self.x = nhwc_to_tensor(x)
         self.y = torch.from_numpy(np.asarray(y, dtype=np.int64))
         self.batch_size = batch_size
         self.mean, self.std = tuple(mean), tuple(std)
         self.train, self.hflip, self.seed = train, hflip, seed
+        self.shuffle = train if shuffle is None else shuffle
+        self.even_shards = even_shards
         self.device = torch.device(device)
         self.drop_last = train if drop_last is None else drop_last
         self.rank, self.world_size = rank, world_size
@@ -52,11 +61,13 @@ class BatchLoader:
 
     def _indices(self) -> torch.Tensor:
         n = len(self.y)
-        if self.train:
+        if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
             order = torch.randperm(n, generator=g)
         else:
             order = torch.arange(n)
+        if self.world_size > 1 and not self.even_shards:
+            return order[self.rank::self.world_size]
         if self.world_size > 1:
             per_rank = -(-n // self.world_size)
             total = per_rank * self.world_size

@@ -41,6 +41,22 @@ def _dist() -> tuple[int, int]:
     return 0, 1
 
 
+def _all_gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's `t` along dim 0; the ranks' row counts may differ (uneven shards)."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    n = torch.tensor([t.shape[0]], dtype=torch.int64, device=t.device)
+    counts = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(counts, n)
+    rows = max(int(k) for k in counts)
+    padded = torch.zeros((rows, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    padded[: t.shape[0]] = t
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(k)] for p, k in zip(parts, counts)])
+
+
 class DHOMethod:
     """Dual-head optimisation (or its single-head KD / CE-only baselines) on a semi-supervised split."""
 
@@ -57,7 +73,8 @@ class DHOMethod:
             if v is not None and not ((0.0 <= v <= 1.0) if key == "alpha" else v > 0):
                 raise ConfigError(f"dho.{key} out of range: {v}")
         self.use_aux = bool(cfg.lsskd.stages)
-        self.find_unused_parameters = self.use_aux
+        # DDP must be told when a head gets no gradient: a zero loss weight drops its term entirely
+        self.find_unused_parameters = self.use_aux or not (d.ce_weight and d.kd_weight)
         self.teacher = None
         self.table: Optional[torch.Tensor] = None  # (N_train, C) fp16 cached teacher logits
         self.labeled_idx = np.zeros(0, dtype=np.int64)
@@ -108,20 +125,32 @@ class DHOMethod:
                              seed=cfg.seed, device=device, rank=rank, world_size=world_size, channels_last=channels_last)
 
     def _cached_table(self, rank: int, world_size: int) -> torch.Tensor:
-        """Teacher logits for the train split; under DDP rank 0 fills the cache and the others read it."""
+        """Teacher logits for the train split, (N_train, C) fp16, a full read-only copy per rank.
+
+        Under DDP the first process of each node (LOCAL_RANK 0) runs the teacher and fills the
+        on-disk cache while the others wait at a barrier, then read the cached file: the teacher
+        runs once per node (once in all with a shared cache directory), never once per process.
+        """
+        import os
+
         from edgekd.teachers import teacher_logits
 
         log = self.log if rank == 0 else None
-        if world_size > 1:
-            import torch.distributed as dist
+        if world_size == 1:
+            return teacher_logits(self.teacher, self.data, "train", device=self.device, log=log)
+        import torch.distributed as dist
 
-            if rank == 0:
-                table = teacher_logits(self.teacher, self.data, "train", device=self.device, log=log)
-            dist.barrier()
-            if rank != 0:
-                table = teacher_logits(self.teacher, self.data, "train", device=self.device)
-            return table
-        return teacher_logits(self.teacher, self.data, "train", device=self.device, log=log)
+        from edgekd.train.distributed import share_from_rank0
+
+        first_on_node = int(os.environ.get("LOCAL_RANK", rank)) == 0
+        table = None
+        if first_on_node:
+            table = teacher_logits(self.teacher, self.data, "train", device=self.device, log=log)
+        share_from_rank0(lambda: None)  # a barrier that also stops every rank when rank 0 failed above
+        if table is None:
+            table = teacher_logits(self.teacher, self.data, "train", device=self.device)
+        dist.barrier()
+        return table
 
     # ------------------------------------------------------------------ loss
     def _teacher_batch(self, batch) -> torch.Tensor:
@@ -191,15 +220,13 @@ class DHOMethod:
             zk.append(heads["kd"].float())
             ys.append(batch.y)
         model.train(was)
-        z_ce, z_kd, y = torch.cat(zc), torch.cat(zk), torch.cat(ys)
+        c, dev = model.student.num_classes, next(model.parameters()).device
+        z_ce = torch.cat(zc) if zc else torch.zeros(0, c, device=dev)  # an empty shard (tiny val split)
+        z_kd = torch.cat(zk) if zk else torch.zeros(0, c, device=dev)
+        y = torch.cat(ys) if ys else torch.zeros(0, dtype=torch.int64, device=dev)
         rank, world = _dist()
         if world > 1:  # every rank searches on the whole split so all pick the same (a, b)
-            import torch.distributed as dist
-
-            parts = [[torch.empty_like(t) for _ in range(world)] for t in (z_ce, z_kd, y)]
-            for out, t in zip(parts, (z_ce, z_kd, y)):
-                dist.all_gather(out, t.contiguous())
-            z_ce, z_kd, y = (torch.cat(p) for p in parts)
+            z_ce, z_kd, y = (_all_gather_rows(t) for t in (z_ce, z_kd, y))
         return z_ce, z_kd, y
 
     # ------------------------------------------------------------------ state

@@ -21,6 +21,7 @@ import datetime
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -85,7 +86,12 @@ def init_process_group(cfg: TrainConfig) -> None:
 
 
 def train_entry(cfg: TrainConfig):
-    """Train in this process; under torchrun (WORLD_SIZE > 1) as one rank of a DDP run."""
+    """Train in this process; under torchrun (WORLD_SIZE > 1) as one rank of a DDP run.
+
+    A single process returns the `RunResult`. A distributed worker never returns: it ends the
+    process, with 0 once every rank is done, or 1 after recording its error (see
+    `_report_worker_failure`).
+    """
     from edgekd.train.loop import train
 
     if env_world_size() <= 1:
@@ -96,17 +102,28 @@ def train_entry(cfg: TrainConfig):
     try:
         init_process_group(cfg)
         rank = dist.get_rank()
-        return train(cfg)
+        train(cfg)
+        dist.barrier()  # leave together: no rank tears its connections down while another still works
+        dist.destroy_process_group()
     except BaseException as exc:  # noqa: BLE001 - a worker reports every failure, then exits 1
         _report_worker_failure(exc, rank)
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+    # The run is complete and rank 0 has written every file. Skip interpreter teardown: gloo's
+    # threads were seen to abort a finished worker there ("terminate called without an active
+    # exception"), which the elastic agent would report as a failed run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _gloo_detail(exc: BaseException) -> str:
+    """The informative part of a gloo/NCCL error: no "[source.cc:78]" prefix, no boilerplate advice."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", _first_line(exc))
+    return re.split(r"\.\s+This is typically caused by", text)[0].rstrip(".")
 
 
 def _report_worker_failure(exc: BaseException, rank: int) -> None:
@@ -128,7 +145,7 @@ def _report_worker_failure(exc: BaseException, rank: int) -> None:
     elif isinstance(exc, dist.DistError) or "gloo" in str(exc).lower() or "nccl" in str(exc).lower():
         timed_out = "timeout" in str(exc).lower() or "timed out" in str(exc).lower()
         primary = timed_out  # a timeout is a cause in itself (a hung rank); a closed connection is not
-        detail = re.sub(r"^\[[^\]]*\]\s*", "", _first_line(exc))  # drop gloo's "[source.cc:78]" prefix
+        detail = _gloo_detail(exc)
         message = (f"a collective waited longer than dist_timeout (another rank is stuck or slow): {detail}"
                    if timed_out else f"lost contact with the other processes (another rank probably failed): {detail}")
     else:  # a bug: keep the traceback
@@ -205,9 +222,16 @@ def broadcast_state_from_rank0(module, buffers_only: bool = False) -> None:
 RENDEZVOUS_KEYS = ("nnodes", "node_rank", "master_addr", "master_port", "rdzv_backend", "rdzv_endpoint", "rdzv_id")
 
 
-def build_torchrun_args(nproc: int, config_file: str, progress: bool, rendezvous: dict) -> list[str]:
-    """torchrun's command line for `nproc` workers running `python -m edgekd train --config FILE`."""
+def build_torchrun_args(nproc: int, config_file: str, progress: bool, rendezvous: dict,
+                        log_dir: Optional[str] = None) -> list[str]:
+    """torchrun's command line for `nproc` workers running `python -m edgekd train --config FILE`.
+
+    No restarts: a failed rank ends the run (a training step cannot be replayed by one rank).
+    `log_dir` holds torchelastic's per-rank error files (torchrun makes a /tmp dir otherwise).
+    """
     args = ["--nproc-per-node", str(nproc), "--max-restarts", "0"]
+    if log_dir:
+        args += ["--log-dir", log_dir]
     for key in RENDEZVOUS_KEYS:
         value = rendezvous.get(key)
         if value is not None and value != "":
@@ -229,18 +253,29 @@ def launch(nproc: int, cfg: TrainConfig, rendezvous: Optional[dict] = None) -> i
     """
     import logging
 
+    quiet = os.environ.get("EDGEKD_DEBUG_LAUNCH") is None
+    if quiet and "torch" not in sys.modules and "TORCH_CPP_LOG_LEVEL" not in os.environ:
+        # this (launcher) process's C++ warnings are store-connection retries whose outcome the
+        # Python exception reports; set for the import only, so the workers keep the default
+        os.environ["TORCH_CPP_LOG_LEVEL"] = "FATAL"
+        try:
+            import torch  # noqa: F401 - reads TORCH_CPP_LOG_LEVEL once, at import
+        finally:
+            del os.environ["TORCH_CPP_LOG_LEVEL"]
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
 
     from edgekd.config import save_config
 
     if nproc < 1:
         raise EdgekdError(f"--nproc-per-node must be >= 1, got {nproc}")
+    if cfg.dist_timeout <= 0:
+        raise EdgekdError(f"dist_timeout must be > 0 seconds, got {cfg.dist_timeout}")
     rendezvous = {k: v for k, v in (rendezvous or {}).items() if v is not None}
     saved_env = dict(os.environ)
     # the agent's progress logs and its multi-line failure table would bury the one-line error
-    quiet = os.environ.get("EDGEKD_DEBUG_LAUNCH") is None
     loggers = [lg for name, lg in logging.root.manager.loggerDict.items()
                if name.startswith("torch.distributed") and isinstance(lg, logging.Logger)] if quiet else []
     saved_levels = [lg.level for lg in loggers]
@@ -248,7 +283,8 @@ def launch(nproc: int, cfg: TrainConfig, rendezvous: Optional[dict] = None) -> i
         config_file = str(Path(tmp) / "config.yaml")
         save_config(cfg, config_file)  # the resolved config: every worker runs exactly this
         try:
-            args = torchrun.parse_args(build_torchrun_args(nproc, config_file, cfg.progress, rendezvous))
+            args = torchrun.parse_args(build_torchrun_args(nproc, config_file, cfg.progress, rendezvous,
+                                                           log_dir=str(Path(tmp) / "logs")))
         except SystemExit:
             raise EdgekdError("invalid rendezvous options for torchrun (see `torchrun --help`)") from None
         os.environ[LAUNCHED_ENV] = "1"
@@ -262,7 +298,11 @@ def launch(nproc: int, cfg: TrainConfig, rendezvous: Optional[dict] = None) -> i
             raise EdgekdError(f"distributed training failed: {describe_failure(exc.failures)}") from None
         except SignalException as exc:
             raise EdgekdError(f"distributed training stopped by signal {exc.sigval.name}") from None
-        except (RuntimeError, ValueError) as exc:  # rendezvous errors (bad endpoint, timeout, ...)
+        except RendezvousError as exc:  # unreachable endpoint, nodes missing past the join timeout, ...
+            cause = f" ({_first_line(exc.__cause__)})" if exc.__cause__ is not None else ""
+            what = _first_line(exc).replace(" See inner exception for details.", "")
+            raise EdgekdError(f"distributed launch failed: rendezvous: {what}{cause}") from None
+        except (RuntimeError, ValueError) as exc:  # other launch errors (bad options, address in use, ...)
             raise EdgekdError(f"distributed launch failed: {_first_line(exc)}") from None
         finally:
             for lg, level in zip(loggers, saved_levels):
@@ -275,21 +315,29 @@ def launch(nproc: int, cfg: TrainConfig, rendezvous: Optional[dict] = None) -> i
 def describe_failure(failures: dict) -> str:
     """One line for the root cause among torchelastic's `{rank: ProcessFailure}`.
 
-    Prefers a rank's own error (recorded by `train_entry`) over ranks that only noticed it, the
-    earliest first; falls back to exit codes and signals when no worker could record anything
-    (crash, out-of-memory kill).
+    In order of preference: a rank's own error (recorded by `train_entry` as primary), the
+    earliest first; a rank that died without recording anything (crash, signal, out-of-memory
+    kill), since the others only noticed it; a rank that only noticed another's failure.
     """
     recorded = []
     for rank, failure in failures.items():
-        info = (failure.error_file_data or {}).get("edgekd") if isinstance(failure.error_file_data, dict) else None
+        data = failure.error_file_data
+        info = data.get("edgekd") if isinstance(data, dict) else None
         if info:
             recorded.append((not info.get("primary", True), float(info.get("time", 0.0)), int(rank), info["message"]))
-    if recorded:
-        _, _, rank, message = min(recorded)
+    primary = [r for r in recorded if not r[0]]
+    if primary:
+        _, _, rank, message = min(primary)
         return f"rank {rank}: {message}"
-    rank = min(failures, key=lambda r: (failures[r].exitcode < 0, r))  # a non-signal exit first
-    failure = failures[rank]
-    if failure.exitcode < 0:
-        hint = " (out of memory?)" if failure.signal_name() == "SIGKILL" else ""
-        return f"rank {rank} was killed by {failure.signal_name()}{hint}"
-    return f"rank {rank} exited with code {failure.exitcode}"
+    silent = [r for r in failures if int(r) not in {rec[2] for rec in recorded}]
+    # the agent stops the surviving ranks with SIGTERM and lists them too: those are not the cause
+    crashed = [r for r in silent if failures[r].exitcode != -signal.SIGTERM]
+    if crashed or not recorded:
+        rank = min(crashed or silent, key=lambda r: (failures[r].timestamp, int(r)))
+        failure = failures[rank]
+        if failure.exitcode < 0:
+            hint = " (out of memory?)" if failure.signal_name() == "SIGKILL" else ""
+            return f"rank {rank} was killed by {failure.signal_name()}{hint}"
+        return f"rank {rank} exited with code {failure.exitcode}"
+    _, _, rank, message = min(recorded)
+    return f"rank {rank}: {message}"

@@ -15,6 +15,11 @@ def class_scores(z: torch.Tensor, num_classes: int) -> torch.Tensor:
     return z
 
 
+def head_names(model: TrainingModel) -> list[str]:
+    """Names of the heads `TrainingModel.heads` returns, without running the model."""
+    return ["main", *(["kd"] if model.kd_head is not None else []), *(f"aux{k}" for k in model.aux_heads)]
+
+
 @torch.no_grad()
 def evaluate(model: TrainingModel, loader, num_classes: int) -> dict[str, float]:
     """Top-1 of the inference output (`acc`) and of every head (`acc_<head>`), plus NLL `loss`.
@@ -25,6 +30,8 @@ def evaluate(model: TrainingModel, loader, num_classes: int) -> dict[str, float]
     was = model.training
     model.eval()
     sums: dict[str, float] = {"n": 0.0, "correct": 0.0, "loss_sum": 0.0}
+    # every head's key up front: distributed ranks all-reduce the same keys even with an empty shard
+    sums.update({f"correct_{name}": 0.0 for name in head_names(model)})
     for batch in loader:
         heads = model.heads(batch.x)
         out = model(batch.x)

@@ -106,10 +106,11 @@ def _all_reduce(sums: dict[str, float], device: torch.device) -> dict[str, float
 
     if _dist()[1] == 1:
         return sums
-    keys = sorted(sums)
+    keys = sorted(sums)  # the same order on every rank (every rank has the same keys)
     t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return dict(zip(keys, t.tolist()))
+    reduced = dict(zip(keys, t.tolist()))
+    return {k: reduced[k] for k in sums}  # the caller's order (heads are logged in it)
 
 
 def _use_channels_last(cfg: TrainConfig) -> bool:
@@ -153,6 +154,8 @@ def train(cfg: TrainConfig, data: Optional[ImageData] = None, log=print) -> RunR
     _seed_everything(cfg.seed)
     data = data or load_dataset(cfg.data, cfg.val_fraction, cfg.split_seed)
     out = Path(cfg.out)
+    metrics_path = out / names.METRICS_FILE
+    history: list[dict] = []  # metrics.jsonl records (rank 0), rewritten atomically every epoch
 
     def prepare_run_dir() -> None:
         try:
@@ -165,6 +168,9 @@ def train(cfg: TrainConfig, data: Optional[ImageData] = None, log=print) -> RunR
         if resume_ckpt is None and (out / names.LAST_CKPT).exists():
             raise ConfigError(f"{out} already holds a run; use --resume {out} or another --out")
         save_config(cfg, out / names.CONFIG_FILE)
+        if resume_ckpt is not None:  # keep the epochs last.pt holds; a later line is from a cut-short epoch
+            history.extend(r for r in read_metrics(metrics_path) if r.get("epoch", 0) <= int(resume_ckpt["epoch"]))
+            write_metrics(metrics_path, history)
 
     share_from_rank0(prepare_run_dir)  # only rank 0 touches the directory; its error stops every rank
 
@@ -205,10 +211,12 @@ def train(cfg: TrainConfig, data: Optional[ImageData] = None, log=print) -> RunR
     if train_loader is not None:
         train_loader = train_loader(rank=rank, world_size=world, **loader_kw)
     else:
-        train_loader = BatchLoader(data.x_train, data.y_train, cfg.batch_size, train=cfg.augment, drop_last=True,
-                                   hflip=data.hflip, seed=cfg.seed, rank=rank, world_size=world, **loader_kw)
-    val_loader = (BatchLoader(data.x_val, data.y_val, cfg.eval_batch_size, train=False, rank=rank, world_size=world, **loader_kw)
-                  if len(data.y_val) else None)
+        train_loader = BatchLoader(data.x_train, data.y_train, cfg.batch_size, train=cfg.augment, shuffle=True,
+                                   drop_last=True, hflip=data.hflip, seed=cfg.seed, rank=rank, world_size=world,
+                                   **loader_kw)
+    # evaluation shards are uneven (no padding): every image counts once, as in a single process
+    eval_kw = dict(train=False, rank=rank, world_size=world, even_shards=False, **loader_kw)
+    val_loader = BatchLoader(data.x_val, data.y_val, cfg.eval_batch_size, **eval_kw) if len(data.y_val) else None
     steps_per_epoch = min(len(train_loader), cfg.max_steps_per_epoch or len(train_loader))
     if steps_per_epoch == 0:
         raise ConfigError(f"batch size {cfg.batch_size} x {world} process(es) exceeds the {len(data.y_train)} training images")
@@ -230,7 +238,6 @@ def train(cfg: TrainConfig, data: Optional[ImageData] = None, log=print) -> RunR
             "val_acc": val_acc, "metrics": metrics, "rng_torch": torch.get_rng_state(), "world_size": world,
         }
 
-    metrics_path = out / names.METRICS_FILE
     epoch = start_epoch
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
@@ -276,18 +283,17 @@ def train(cfg: TrainConfig, data: Optional[ImageData] = None, log=print) -> RunR
         improved = val_acc > best_val
         best_val = max(best_val, val_acc)
         record["best_val_acc"] = round(best_val, 4)
-        if rank == 0:
+        if rank == 0:  # metrics first: a line past last.pt's epoch is dropped on resume
+            history.append(record)
+            write_metrics(metrics_path, history)
             save_checkpoint(out / names.LAST_CKPT, payload(epoch + 1, val_acc, record))
             if improved:
                 save_checkpoint(out / names.BEST_CKPT, payload(epoch + 1, val_acc, record))
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
             log(_format_record(record))
 
     # post-training hooks (e.g. DHO's alpha/beta search on validation) may update the model
     on_train_end = getattr(method, "on_train_end", None)
-    test_loader = BatchLoader(data.x_test, data.y_test, cfg.eval_batch_size, train=False, rank=rank,
-                              world_size=world, **loader_kw)
+    test_loader = BatchLoader(data.x_test, data.y_test, cfg.eval_batch_size, **eval_kw)
     best_path = out / names.BEST_CKPT
 
     def load_best() -> None:  # evaluate (and finalise) the best checkpoint
@@ -301,7 +307,8 @@ def train(cfg: TrainConfig, data: Optional[ImageData] = None, log=print) -> RunR
         broadcast_state_from_rank0(model, buffers_only=True)  # e.g. DHO's mix: evaluate what rank 0 saves
     test = summarize(_all_reduce(evaluate(model, test_loader, data.num_classes), device), "test")
     summary = {"model": cfg.model, "method": cfg.method, "data": data.spec, "epochs": cfg.epochs,
-               "best_val_acc": round(best_val, 4), **test, "global_batch": cfg.batch_size * world}
+               "best_val_acc": round(best_val, 4), **test, "batch_size": cfg.batch_size, "world_size": world,
+               "global_batch": cfg.batch_size * world}
     if rank == 0:
         if on_train_end is not None and best_path.exists():  # the hook changed the model: store it
             ck = load_checkpoint(best_path)
@@ -313,6 +320,26 @@ def train(cfg: TrainConfig, data: Optional[ImageData] = None, log=print) -> RunR
         write_json_atomic(out / names.SUMMARY_FILE, summary)
         log(f"done: best val {best_val:.2f}%, test {test['test_acc']:.2f}% -> {out / names.BEST_CKPT}")
     return RunResult(out, best_val, test["test_acc"], cfg.epochs, summary)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl file ([] when absent); a torn last line is skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def write_metrics(path: Path, records: list[dict]) -> None:
+    """Rewrite metrics.jsonl atomically (a few hundred bytes per epoch: cheap, never half-written)."""
+    from edgekd.io import write_text_atomic
+
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def _format_record(r: dict) -> str:
