@@ -6,7 +6,7 @@ comparisons against the same network made ~1.3x slower (30% more identical conv 
 (torch.onnx.export, opset 17) so the cost ratio is known by construction; the nominal 1.3x ratio is
 also measured. ONNX Runtime with one intra-op thread, spinning off (DESIGN.md section 6).
 
-    /work/venv/bin/python benchmarks/gate_reliability.py [--n 20] [--rounds 30] [--time 2.0]
+    python benchmarks/gate_reliability.py [--n 20] [--rounds 30] [--time 2.0]
 
 Writes benchmarks/results/gate_reliability_cpu.json and .md.
 """
