@@ -168,7 +168,24 @@ class KDMethod:
 
 # ---------------------------------------------------------------- PS-KD
 
-class PSKDMethod:
+class _PredictionBufferState:
+    """Per-sample previous-epoch predictions (`self.buffer`, or None) synced and checkpointed."""
+
+    buffer: Optional[PredictionBuffer]
+
+    def on_epoch_end(self, model: TrainingModel, epoch: int) -> None:
+        if self.buffer is not None:
+            self.buffer.sync()
+
+    def state_dict(self) -> dict:
+        return {"buffer": self.buffer.state_dict()} if self.buffer is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.buffer is not None and state.get("buffer"):
+            self.buffer.load_state_dict(state["buffer"])
+
+
+class PSKDMethod(_PredictionBufferState):
     """PS-KD: soft CE against `(1 - a_t) * onehot + a_t * p_prev`, a_t = alpha_T * t / E.
 
     `p_prev` is the sample's prediction in the previous epoch's training pass (as in the paper's
@@ -192,16 +209,6 @@ class PSKDMethod:
         self.buffer.update(batch.index, torch.softmax(logits.detach().float(), dim=1))
         return soft_cross_entropy(logits, target), logits
 
-    def on_epoch_end(self, model: TrainingModel, epoch: int) -> None:
-        if self.buffer is not None:
-            self.buffer.sync()
-
-    def state_dict(self) -> dict:
-        return {"buffer": self.buffer.state_dict()} if self.buffer is not None else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.buffer is not None and state.get("buffer"):
-            self.buffer.load_state_dict(state["buffer"])
 
 
 # ---------------------------------------------------------------- LSSKD
@@ -232,7 +239,7 @@ def lsskd_forward(model: TrainingModel, x: torch.Tensor, labels: torch.Tensor, c
     return LSSKDOutput(terms.pop("loss"), terms, main_logits, pooled_up)
 
 
-class LSSKDMethod:
+class LSSKDMethod(_PredictionBufferState):
     """LSSKD self-distillation (DESIGN.md section 3): aux classifiers on rotation joint labels, no teacher."""
 
     name = "lsskd"
@@ -259,16 +266,6 @@ class LSSKDMethod:
             self.buffer.update(batch.index, torch.softmax(out.main_logits.detach().float(), dim=1))
         return out.loss, out.main_logits
 
-    def on_epoch_end(self, model: TrainingModel, epoch: int) -> None:
-        if self.buffer is not None:
-            self.buffer.sync()
-
-    def state_dict(self) -> dict:
-        return {"buffer": self.buffer.state_dict()} if self.buffer is not None else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.buffer is not None and state.get("buffer"):
-            self.buffer.load_state_dict(state["buffer"])
 
 
 __all__ = ["KDMethod", "PSKDMethod", "LSSKDMethod", "PredictionBuffer", "LSSKDOutput", "load_teacher",
