@@ -165,7 +165,6 @@ def main() -> None:
 
     acc = manifests["plain"]["int8"]["accuracy"]
     # the test split too (the export's budget is on validation)
-    from edgekd.export.onnx import make_session  # noqa: F401 - same session kind as the export's check
     xt = ((data.x_test.transpose(0, 3, 1, 2).astype(np.float32) / 255.0) - np.array(base["mean"], np.float32).reshape(1, -1, 1, 1)) \
         / np.array(base["std"], np.float32).reshape(1, -1, 1, 1)
     top1 = {}

@@ -21,7 +21,20 @@ from edgekd.models import Student
 from edgekd.train.model import TrainingModel
 
 
-class CEMethod:
+class StatelessMethod:
+    """The per-epoch and checkpoint hooks of a method that keeps no state between steps."""
+
+    def on_epoch_end(self, model: TrainingModel, epoch: int) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class CEMethod(StatelessMethod):
     """Plain cross-entropy on the student's head."""
 
     name = "ce"
@@ -36,14 +49,6 @@ class CEMethod:
         logits = model.student(batch.x)
         return F.cross_entropy(logits, batch.y, label_smoothing=self.cfg.label_smoothing), logits
 
-    def on_epoch_end(self, model: TrainingModel, epoch: int) -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
 
 def method_classes() -> dict:

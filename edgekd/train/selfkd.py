@@ -27,6 +27,7 @@ from edgekd.losses.kd import kd_loss, soft_cross_entropy
 from edgekd.losses.lsskd import layer_pairs, lsskd_loss_terms, rotate_batch
 from edgekd.losses.pskd import pskd_alpha, pskd_targets
 from edgekd.models import Student
+from edgekd.train.methods import StatelessMethod
 from edgekd.train.model import TrainingModel
 
 
@@ -126,7 +127,7 @@ def _channels_last(cfg: TrainConfig) -> bool:
     return cfg.channels_last in ("on", "auto")  # mirrors the fit loop's choice
 
 
-class KDMethod:
+class KDMethod(StatelessMethod):
     """Hinton KD: `ce_weight * CE + kd_weight * T^2 * KL(teacher || student)`; the teacher is frozen."""
 
     name = "kd"
@@ -155,15 +156,6 @@ class KDMethod:
         ce = F.cross_entropy(logits.float(), batch.y, label_smoothing=self.cfg.label_smoothing)
         soft = kd_loss(logits, self.teacher_logits(batch.x), kd.temperature)
         return kd.ce_weight * ce + kd.kd_weight * soft, logits
-
-    def on_epoch_end(self, model: TrainingModel, epoch: int) -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
 
 # ---------------------------------------------------------------- PS-KD
