@@ -6,7 +6,7 @@ PIP = $(VENV)/bin/pip
 .PHONY: venv demo test
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
-	$(PIP) install -q -c constraints.txt -e '.[train,test]'
+	$(PIP) install -q -c constraints.txt -e '.[train,test,plot]'
 	touch $@
 
 venv: $(VENV)/.installed

@@ -55,7 +55,7 @@ def run_one(key: str) -> int:
     """Train one baseline in the foreground (prepares the CIFAR folder first)."""
     if key == "cifar":
         sys.path.insert(0, str(ROOT / "tests"))
-        from datasets import extract_cifar10_folder
+        from imagedata import extract_cifar10_folder
 
         extract_cifar10_folder()
     cmd = command_for(key)

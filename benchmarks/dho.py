@@ -9,10 +9,14 @@ Every student run takes the same number of optimizer steps on the same batch siz
 - `kd`: single-head KD, CE (labeled) + KD (labeled + unlabeled) on the student's own head;
 - `dho`: dual head, CE head + KD head, probability mix searched on validation.
 
-Also times epochs, interleaved in one process: CE-only, DHO with the teacher cache, DHO with the
-online teacher (same steps). Writes benchmarks/results/dho_<tag>.json and .md.
+Also times epochs, interleaved in one process (same steps, the order rotated every round): CE-only,
+DHO with the online teacher (`dho.teacher_cache=none`, the default), with the clean-image cache
+(`clean`) and with the cache of fixed augmented views (`views`, `--view-rounds` rounds, view seed 0:
+built once, before the first timed run, and timed separately). Writes
+benchmarks/results/dho_<tag>.json and .md.
 
     python benchmarks/dho.py [--teacher CKPT] [--epochs 5] [--seeds 0,1,2] [--tag cpu]
+    python benchmarks/dho.py --timing-only [--timing-rounds 3] [--timing-steps 15] [--view-rounds 4] --tag cpu-timing
 """
 
 from __future__ import annotations
@@ -20,14 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +61,7 @@ def run_student(args, data, teacher: str, method: str, fraction: float, seed: in
     res = train(cfg, data, log=lines.append)
     wall = time.perf_counter() - t0
     state = torch.load(out / "best.pt", weights_only=True)["model_state"]
-    metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"method": method, "fraction": fraction, "seed": seed, "test_acc": res.summary["test_acc"],
             "test_acc_ce": res.summary.get("test_acc_main"), "test_acc_kd": res.summary.get("test_acc_kd"),
             "best_val_acc": res.best_val_acc, "alpha": float(state["mix_alpha"]) if method == "dho" else None,
@@ -66,20 +69,44 @@ def run_student(args, data, teacher: str, method: str, fraction: float, seed: in
             "epoch_time_s": [m["epoch_time_s"] for m in metrics]}
 
 
-def time_epochs(args, data, teacher: str, work: Path) -> dict:
-    """Median epoch time of CE-only / cached-teacher DHO / online-teacher DHO, interleaved rounds."""
-    from edgekd.data.semisup import select_labeled  # noqa: F401 - same loader for all three
+def timed_variants(view_rounds: int) -> tuple:
+    """(name, method of run_student, dho overrides) of the epoch-time comparison."""
+    return (("ce_only", "ce", {}), ("dho_online", "dho", {"teacher_cache": "none"}),
+            ("dho_clean", "dho", {"teacher_cache": "clean"}),
+            ("dho_views", "dho", {"teacher_cache": "views", "view_rounds": view_rounds, "view_seed": 0}))
 
-    times: dict[str, list] = {"ce_only": [], "dho_cached": [], "dho_online": []}
+
+def time_view_cache(data, teacher: str, view_rounds: int, device: str) -> float:
+    """Seconds to build the view cache the timed `dho_views` runs use (R teacher passes over the pool)."""
+    from edgekd.data.views import ViewPlan
+    from edgekd.train.teachers import load_teacher, view_logits
+
+    dev = torch.device("cuda" if device in ("cuda", "auto") and torch.cuda.is_available() else "cpu")
+    t = load_teacher(teacher, data, dev)
+    t0 = time.perf_counter()
+    view_logits(t, data, ViewPlan.for_data(data, view_rounds, 0), range(view_rounds), device=dev)
+    return time.perf_counter() - t0
+
+
+def time_epochs(args, data, teacher: str, work: Path) -> dict:
+    """Median epoch time of CE-only and DHO with each teacher source (online, clean cache, view cache).
+
+    Interleaved rounds, the order rotated every round; the timed epoch is each run's second (caches,
+    allocator and threads warm). Both caches are built before the first round (clean in main(), views
+    here, timed), so the epoch times hold only what every later epoch costs.
+    """
+    variants = timed_variants(args.view_rounds)
+    views_s = time_view_cache(data, teacher, args.view_rounds, args.device)
+    times: dict[str, list] = {name: [] for name, _, _ in variants}
     for r in range(args.timing_rounds):
-        for name, method, dho in (("ce_only", "ce", {}), ("dho_cached", "dho", {}), ("dho_online", "dho", {"online_teacher": True})):
+        for name, method, dho in variants[r % len(variants):] + variants[:r % len(variants)]:
             row = run_student(args, data, teacher, method, 0.1, 100 + r, work, epochs=2,
-                              max_steps_per_epoch=args.timing_steps, dho=dho)
-            times[name].append(row["epoch_time_s"][-1])  # epoch 2: caches, allocator and threads warm
+                              max_steps_per_epoch=args.timing_steps, dho=dict(dho))
+            times[name].append(row["epoch_time_s"][-1])
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"steps_per_epoch": args.timing_steps, "rounds": args.timing_rounds, "epoch_time_s": times,
-            "median_s": med, "cached_over_ce": round(med["dho_cached"] / med["ce_only"], 3),
-            "online_over_ce": round(med["dho_online"] / med["ce_only"], 3)}
+    ratios = {f"{k[4:]}_over_ce": round(med[k] / med["ce_only"], 3) for k in med if k != "ce_only"}
+    return {"steps_per_epoch": args.timing_steps, "rounds": args.timing_rounds, "view_rounds": args.view_rounds,
+            "views_cache_build_s": round(views_s, 2), "epoch_time_s": times, "median_s": med, **ratios}
 
 
 def train_teacher(args, data, work: Path) -> str:
@@ -90,7 +117,7 @@ def train_teacher(args, data, work: Path) -> str:
     cfg = build_config(overrides=dict(model=args.teacher_model, epochs=args.teacher_epochs, batch_size=args.batch_size,
                                       lr=args.lr, warmup_epochs=0.5, out=str(out), progress=False, threads=args.threads,
                                       device=args.device))
-    res = train(cfg, data, log=print)
+    train(cfg, data, log=print)
     return str(out / "best.pt")
 
 
@@ -117,7 +144,9 @@ def write_markdown(path: Path, result: dict) -> None:
              "|---|---|---|---|---|---|---|"]
     rows = result["runs"]
     for f in sorted({r["fraction"] for r in rows}, reverse=True):
-        cell = lambda m: f"{s[f'{m}@{f}']['mean']:.2f} ± {s[f'{m}@{f}']['std']:.2f}" if f"{m}@{f}" in s else "-"
+        def cell(m: str, f: float = f) -> str:
+            return f"{s[f'{m}@{f}']['mean']:.2f} ± {s[f'{m}@{f}']['std']:.2f}" if f"{m}@{f}" in s else "-"
+
         d = [r for r in rows if r["fraction"] == f and r["method"] == "dho"]
         ce_h = statistics.mean(r["test_acc_ce"] for r in d) if d else float("nan")
         kd_h = statistics.mean(r["test_acc_kd"] for r in d) if d else float("nan")
@@ -127,16 +156,26 @@ def write_markdown(path: Path, result: dict) -> None:
               ", ".join(f"{r['fraction']:.0%}/s{r['seed']}: a={r['alpha']:g} b={r['beta']:g}" for r in rows if r["method"] == "dho"), ""]
     t = result.get("timing")
     if t:
-        m = t["median_s"]
-        lines += ["## Epoch time (10% labels, interleaved rounds, median)", "",
-                  "| CE-only epoch | DHO, teacher cache | DHO, online teacher | cached / CE | online / CE |", "|---|---|---|---|---|",
-                  f"| {m['ce_only']:.2f} s | {m['dho_cached']:.2f} s | {m['dho_online']:.2f} s | {t['cached_over_ce']:.2f}x | {t['online_over_ce']:.2f}x |",
-                  "", f"{t['steps_per_epoch']} steps per timed epoch, {t['rounds']} rounds; the cache is built before the first epoch "
-                  f"(one teacher pass over the pool: {result['teacher'].get('cache_build_s', float('nan')):.1f} s, reused by every later run).", ""]
+        lines += timing_markdown(t, result["teacher"])
     lines += [f"Command: `{result['command']}`", ""]
     from edgekd.io import write_text_atomic
 
     write_text_atomic(path, "\n".join(lines))
+
+
+def timing_markdown(t: dict, teacher: dict) -> list[str]:
+    m = t["median_s"]
+    return ["## Epoch time (10% labels, interleaved rounds, median)", "",
+            "| teacher targets | epoch | vs CE-only |", "|---|---|---|",
+            f"| CE only (no teacher) | {m['ce_only']:.2f} s | 1.00x |",
+            f"| online: teacher on every augmented batch (default) | {m['dho_online']:.2f} s | {t['online_over_ce']:.2f}x |",
+            f"| clean cache: logits on un-augmented images | {m['dho_clean']:.2f} s | {t['clean_over_ce']:.2f}x |",
+            f"| view cache: logits on {t['view_rounds']} fixed augmented views per image | {m['dho_views']:.2f} s "
+            f"| {t['views_over_ce']:.2f}x |", "",
+            f"{t['steps_per_epoch']} steps per timed epoch, {t['rounds']} rounds. Built once before the first epoch and "
+            f"reused by every later run: the clean cache (one teacher pass over the pool, "
+            f"{teacher.get('cache_build_s', float('nan')):.1f} s), the view cache ({t['view_rounds']} passes, "
+            f"{t['views_cache_build_s']:.1f} s).", ""]
 
 
 def build_result(args, rows, timing, teacher_info, command, machine, total_s, steps) -> dict:
@@ -200,6 +239,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--timing-rounds", type=int, default=3)
     ap.add_argument("--timing-steps", type=int, default=15)
+    ap.add_argument("--view-rounds", type=int, default=4, help="dho.view_rounds of the timed view-cache runs")
+    ap.add_argument("--timing-only", action="store_true", help="only the epoch-time comparison (no accuracy runs)")
     ap.add_argument("--merge", default=None, metavar="TAG,TAG", help="combine earlier results into --tag and exit")
     ap.add_argument("--tag", default="cpu")
     ap.add_argument("--work", default=None, help="scratch directory for the runs (default: a temp dir)")
@@ -212,10 +253,11 @@ def main() -> None:
     os.environ.setdefault("EDGEKD_CACHE", str(Path(tempfile.gettempdir()) / "edgekd-bench-cache"))
 
     from edgekd.data import load_dataset
-    from edgekd.teachers import load_teacher, teacher_logits
-    from edgekd.train.checkpoint import load_checkpoint, rebuild_training_model
-    from edgekd.train.evaluate import evaluate, summarize as summarize_eval
     from edgekd.data.loader import BatchLoader
+    from edgekd.train.checkpoint import load_checkpoint, rebuild_training_model
+    from edgekd.train.evaluate import evaluate
+    from edgekd.train.evaluate import summarize as summarize_eval
+    from edgekd.train.teachers import load_teacher, teacher_logits
 
     t_start = time.perf_counter()
     full = load_dataset(ensure_cifar(), 0.1, 0)
@@ -260,7 +302,7 @@ def main() -> None:
     steps = len(data.y_train) // args.batch_size
 
     rows = []
-    for f in [float(v) for v in args.fractions.split(",")]:
+    for f in ([] if args.timing_only else [float(v) for v in args.fractions.split(",")]):
         for seed in [int(v) for v in args.seeds.split(",")]:
             for m in args.methods.split(","):
                 row = run_student(args, data, teacher, m, f, seed, work)

@@ -45,12 +45,12 @@ def training_checkpoint(path: Path, base: dict, method: str, data, **overrides) 
     from edgekd.config import build_config, config_to_dict
     from edgekd.models import build_model
     from edgekd.train.checkpoint import save_checkpoint
-    from edgekd.train.methods import build_method
+    from edgekd.train.model import build_training_model
 
     cfg = build_config(overrides=dict(model=base["model_name"], method=method, data=data.spec, **overrides))
     student = build_model(base["model_name"], **base["model_kwargs"])
     student.load_state_dict({k[len("student."):]: v for k, v in base["model_state"].items() if k.startswith("student.")})
-    tm = build_method(cfg, None, torch.device("cpu")).build(student)
+    tm = build_training_model(cfg, student)
     if method == "dho":
         with torch.no_grad():
             tm.mix_alpha.fill_(0.5)
@@ -148,15 +148,15 @@ def main() -> None:
     rng = np.random.default_rng(0)
     inputs = {b: rng.standard_normal((b, *shape)).astype(np.float32) for b in (1, 32)}
     ms: dict[str, dict[int, list[float]]] = {k: {1: [], 32: []} for k in [*files, "torch_eager"]}
-    for name, s in sessions.items():  # warm-up
+    for s in sessions.values():  # warm-up
         s.run(None, {"input": inputs[32]})
     with torch.inference_mode():
         for r_i in range(args.rounds):
             for b, x in inputs.items():
                 for name, s in sessions.items():
-                    ms[name][b].append(time_call(lambda: s.run(None, {"input": x}), args.time))
+                    ms[name][b].append(time_call(lambda s=s, x=x: s.run(None, {"input": x}), args.time))
                 xt = torch.from_numpy(x)
-                ms["torch_eager"][b].append(time_call(lambda: eager(xt), args.time))
+                ms["torch_eager"][b].append(time_call(lambda xt=xt: eager(xt), args.time))
             print(f"round {r_i + 1}/{args.rounds}: " + ", ".join(f"{k} {v[1][-1]:.3f}" for k, v in ms.items()), flush=True)
     med = {k: {b: statistics.median(v) for b, v in d.items()} for k, d in ms.items()}
 

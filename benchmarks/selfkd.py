@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import shutil
 import statistics
 import sys
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +107,7 @@ def teacher_line(t) -> str:
 def write_markdown(path: Path, result: dict) -> None:
     b, s = result["budget"], result["summary"]
     lines = [f"# Self-distillation on CIFAR-10 ({result['tag']})", "",
-             (f"**Reduced budget** (a shared 2-core CPU; the issue's full budget does not fit): " if b.get("reduced", True)
+             ("**Reduced budget** (a shared 2-core CPU; the issue's full budget does not fit): " if b.get("reduced", True)
               else f"Budget on {b.get('device', 'cpu')}: ") + f"student `{b['model']}`, "
              f"{b['train_images']} class-balanced training images ({b['train_per_class']}/class), {b['epochs']} epochs, "
              f"batch {b['batch_size']}, SGD lr {b['lr']} cosine, {len(result['seeds'])} seeds; validation "

@@ -18,7 +18,6 @@ Writes benchmarks/results/train_throughput_<tag>.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys

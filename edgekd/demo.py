@@ -22,9 +22,29 @@ from typing import Callable
 import numpy as np
 
 from edgekd.config import build_config
-from edgekd.errors import GateError
+from edgekd.errors import EdgekdError, GateError
 
 STAGES = ("train", "export", "kit", "bench", "runtime")
+# What the demo writes under OUT: the only entries it deletes when it runs again there
+OUT_ENTRIES = ("train", "export", "jetson", "bench", "runtime", "demo_summary.json")
+
+
+def clear_previous_demo(out: Path) -> None:
+    """Remove an earlier demo's output at `out`; refuse a file or a directory holding anything else.
+
+    The demo replaces its own output, never a user's files (`--out ~/Documents` must not empty it).
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise EdgekdError(f"--out {out} exists and is not a directory")
+    ours = set(OUT_ENTRIES) | {".edgekd.lock"}
+    foreign = sorted(p.name for p in out.iterdir()
+                     if p.name not in ours and not any(p.name.startswith(f".{e}.") for e in OUT_ENTRIES))
+    if foreign:
+        raise EdgekdError(f"--out {out} holds files the demo did not write ({', '.join(foreign[:3])}); "
+                          f"choose another directory")
+    shutil.rmtree(out)
 
 
 def _write_pngs(images: np.ndarray, labels: np.ndarray, class_names, folder: Path) -> list[tuple[Path, str]]:
@@ -39,6 +59,10 @@ def _write_pngs(images: np.ndarray, labels: np.ndarray, class_names, folder: Pat
         Image.fromarray(arr).save(path)
         out.append((path, class_names[int(y)]))
     return out
+
+
+QUICK_NOTE = ("note: --quick cuts every budget to seconds (4 training steps, 0.1 s timings): its accuracy and "
+              "latency figures are meaningless, chance-level top-1 included; run `edgekd demo` for real ones")
 
 
 def run_demo(out: Path, quick: bool = False, log: Callable[[str], None] = print) -> dict:
@@ -56,17 +80,22 @@ def run_demo(out: Path, quick: bool = False, log: Callable[[str], None] = print)
     from edgekd.train.loop import train
 
     out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
+    clear_previous_demo(out)
     spec = "synthetic:n_train=1000,n_test=300" if quick else "synthetic"
     train_cfg = build_config(overrides=dict(
         data=spec, model="resnet8", method="lsskd", epochs=1 if quick else 6, batch_size=64, lr=0.1,
         warmup_epochs=0.5, out=str(out / "train"), max_steps_per_epoch=4 if quick else None, progress=not quick,
         lsskd={"branch": "light"}))
     summary: dict = {"data": spec, "quick": quick, "stages": list(STAGES), "artifacts": {}}
+    if quick:
+        log(QUICK_NOTE)
 
     log(f"== stage 1/{len(STAGES)}: train (resnet8, LSSKD self-distillation, light aux branches) ==")
     result = train(train_cfg, log=log)
+    if not quick:  # curves.png when the [plot] extra is installed (silent without it)
+        from edgekd.plots import plot_run_quietly
+
+        plot_run_quietly(out / "train", log=log)
     summary["train"] = result.summary
     summary["artifacts"]["train"] = "train/best.pt"
     ckpt = out / "train" / "best.pt"
@@ -120,7 +149,8 @@ def run_demo(out: Path, quick: bool = False, log: Callable[[str], None] = print)
         raise GateError(f"runtime on PNG files disagrees with in-memory inference on {n - agree} of {n} images")
     preds = [{"file": r.path.name, "label": r.prediction.label, "score": round(float(r.prediction.score), 5)}
              for r in results]
-    write_json_atomic(out / "runtime" / "predictions.json", {"top1": 100.0 * correct / n, "n": n, "predictions": preds})
+    write_json_atomic(out / "runtime" / "predictions.json",
+                      {"top1": 100.0 * correct / n, "n": n, "predictions": preds})
     summary["runtime"] = {"n": n, "top1": round(100.0 * correct / n, 2), "agreement_with_arrays": 100.0}
     summary["artifacts"]["runtime"] = "runtime/predictions.json"
     log(f"runtime: {correct}/{n} PNG files classified correctly ({100.0 * correct / n:.1f}%), "
@@ -128,4 +158,6 @@ def run_demo(out: Path, quick: bool = False, log: Callable[[str], None] = print)
 
     write_json_atomic(out / "demo_summary.json", summary)
     log(f"demo done: test top-1 {result.test_acc:.2f}% (training model), every stage's artifacts in {out}")
+    if quick:
+        log(QUICK_NOTE)
     return summary

@@ -1,4 +1,4 @@
-"""Tensor and file names shared by export, runners, runtime and tests (DESIGN.md section 2)."""
+"""Tensor and file names shared by export, runners, runtime and tests (docs/architecture.md, "Names")."""
 
 INPUT_NAME = "input"
 LOGITS_NAME = "logits"
@@ -12,4 +12,6 @@ BEST_CKPT = "best.pt"
 SUMMARY_FILE = "summary.json"
 MODEL_ONNX = "model.onnx"
 MODEL_INT8_ONNX = "model.int8.onnx"
+MODEL_FP16_ONNX = "model.fp16.onnx"
+MODEL_ENGINE = "model.engine"
 MANIFEST_FILE = "manifest.json"

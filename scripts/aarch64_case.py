@@ -121,6 +121,23 @@ def qemu_version() -> str:
         return "unknown"
 
 
+def compare_openvino(case: Path, x86: dict, n_images: int) -> dict | None:
+    """The aarch64 OpenVINO run (arm_pred_openvino.json) against the x86 ONNX Runtime predictions; None when absent."""
+    path = case / "arm_pred_openvino.json"
+    if not path.is_file() or not path.read_text().strip():
+        return None
+    doc = json.loads(path.read_text())
+    ov = _by_file(doc)
+    ok = [k for k in sorted(set(x86) & set(ov)) if x86[k] is not None and ov[k] is not None]
+    agree = sum(x86[k][0] == ov[k][0] for k in ok)
+    diffs = np.array([np.abs(x86[k][1] - ov[k][1]).max() for k in ok]) if ok else np.array([np.inf])
+    env = json.loads((case / "arm_env.json").read_text())
+    return {"backend": doc.get("backend"), "openvino": env.get("openvino", "unknown"), "classified": len(ok),
+            "top1_agreement_pct": round(100.0 * agree / max(1, len(ok)), 3), "max_abs_prob_diff": float(diffs.max()),
+            "passed": len(ok) == n_images and agree == len(ok) and float(diffs.max()) <= MAX_SCORE_DIFF,
+            "command": "python3 -m edgekd.runtime model.onnx images/ " + " ".join(RUNTIME_ARGS) + " --backend openvino"}
+
+
 def compare(args: argparse.Namespace) -> int:
     from edgekd.io import write_json_atomic, write_text_atomic
 
@@ -161,13 +178,20 @@ def compare(args: argparse.Namespace) -> int:
         "command": "python3 -m edgekd.runtime model.onnx images/ " + " ".join(RUNTIME_ARGS),
         "qemu": {"version": qemu_version(), "QEMU_CPU": os.environ.get("QEMU_CPU", "cortex-a72")},
         "aarch64_env": arm_env,
-        "aarch64_files": "edgekd/__init__.py, edgekd/errors.py, edgekd/names.py, edgekd/runtime/*.py only",
+        "aarch64_files": "edgekd/__init__.py, errors.py, names.py, deps.py, io.py, edgekd/runtime/*.py only",
         "x86_env": info["host"],
         "date": time.strftime("%Y-%m-%d"),
     }
+    ov = compare_openvino(case, x86, report["n_images"])
+    if ov is not None:  # `edgekd-run --backend openvino` in the root: correctness only
+        report["openvino_aarch64"] = ov
+        passed = report["passed"] = passed and ov["passed"]
     results.mkdir(parents=True, exist_ok=True)
     write_json_atomic(results / "aarch64_qemu.json", report)
     w = report["wall_s"]
+    ov_row = ("" if ov is None else f"| `--backend openvino` (OpenVINO {ov['openvino']}) aarch64 vs x86 ONNX Runtime: "
+              f"classified / top-1 agreement / max abs prob diff | {ov['classified']} / {ov['top1_agreement_pct']}% / "
+              f"{ov['max_abs_prob_diff']:.2e} (tolerance {MAX_SCORE_DIFF:g}) |\n")
     md = f"""# edgekd.runtime on aarch64 (qemu-user-static) vs x86
 
 Produced by `sudo make aarch64-check` (scripts/aarch64_verify.sh) on {report['date']}.
@@ -189,7 +213,7 @@ Produced by `sudo make aarch64-check` (scripts/aarch64_verify.sh) on {report['da
 | top-1 agreement torch (x86) vs x86 runtime | {report['torch_vs_x86_runtime_top1_agreement_pct']}% |
 | accuracy x86 / aarch64 | {report['accuracy_x86_pct']}% / {report['accuracy_aarch64_pct']}% |
 | wall time of the command, x86 native / aarch64 emulated | {w['x86_native']} s / {w['aarch64_emulated']} s |
-| **passed** | **{passed}** |
+{ov_row}| **passed** | **{passed}** |
 
 The wall times include interpreter start-up and imports; emulated time says nothing about a real
 Pi's speed (measure that with `edgekd bench` on the device, see deploy/raspberrypi/README.md).

@@ -3,10 +3,12 @@
 #
 # Builds (once, cached) an arm64 Debian bookworm root with debootstrap, installs python3 + numpy
 # from Debian and the aarch64 onnxruntime and Pillow wheels from PyPI into it, copies in only the
-# runtime's files (edgekd/__init__.py, errors.py, names.py, runtime/: no torch, no rest of edgekd),
+# runtime's files (edgekd/__init__.py, errors.py, names.py, deps.py, io.py, runtime/: no torch, no rest of edgekd),
 # exports a trained model and real CIFAR-10 test images on the x86 host, classifies them inside the
 # root under emulation (QEMU_CPU=cortex-a72, a Raspberry Pi 4 core) and on the host, and compares
-# predictions and scores. Writes benchmarks/results/aarch64_qemu.{json,md}; exits 3 on a mismatch.
+# predictions and scores. With OPENVINO=1 (the default when the host has openvino) the same images also
+# run through `edgekd-run --backend openvino` in the root (the aarch64 OpenVINO wheel; correctness only,
+# no timing). Writes benchmarks/results/aarch64_qemu.{json,md}; exits 3 on a mismatch.
 #
 # Needs root, Debian packages and PyPI (apt-get, debootstrap, pip download). Several minutes on a
 # first run (debootstrap ~3.5 min), ~1 min afterwards. Usage: sudo scripts/aarch64_verify.sh
@@ -81,12 +83,20 @@ mkdir -p "$WORK_DIR/wheels"
 ORT_VERSION=$("$PYTHON" -c 'import onnxruntime; print(onnxruntime.__version__)')
 PIL_VERSION=$("$PYTHON" -c 'import PIL; print(PIL.__version__)')
 ROOT_PY=$(in_root python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-stamp="ort=$ORT_VERSION pillow=$PIL_VERSION py=$ROOT_PY"
+OV_VERSION=$("$PYTHON" -c 'import importlib.metadata as m; print(m.version("openvino"))' 2>/dev/null || true)
+OPENVINO=${OPENVINO:-$([ -n "$OV_VERSION" ] && echo 1 || echo 0)}
+[ "$OPENVINO" = 1 ] && [ -z "$OV_VERSION" ] && die "OPENVINO=1 but the host python has no openvino (pip install openvino)"
+OV_WHEELS=()
+[ "$OPENVINO" = 1 ] && OV_WHEELS=("openvino==$OV_VERSION" openvino-telemetry)
+stamp="ort=$ORT_VERSION pillow=$PIL_VERSION py=$ROOT_PY openvino=${OPENVINO}:$OV_VERSION"
 if [ "$(cat "$ARM64_ROOT/.edgekd-wheels" 2>/dev/null)" != "$stamp" ]; then
   log "downloading aarch64 wheels: onnxruntime==$ORT_VERSION pillow==$PIL_VERSION (cp${ROOT_PY/./})"
   rm -f "$WORK_DIR"/wheels/*.whl
+  # OpenVINO's aarch64 wheels are manylinux_2_35 (glibc 2.35+: bookworm's 2.36 takes them)
   "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_28_aarch64 \
-    --python-version "$ROOT_PY" -d "$WORK_DIR/wheels" "onnxruntime==$ORT_VERSION" "pillow==$PIL_VERSION"
+    --platform manylinux_2_35_aarch64 --platform any \
+    --python-version "$ROOT_PY" -d "$WORK_DIR/wheels" "onnxruntime==$ORT_VERSION" "pillow==$PIL_VERSION" \
+    ${OV_WHEELS[@]+"${OV_WHEELS[@]}"}
   rm -rf "$ARM64_ROOT/tmp/wheels" && cp -r "$WORK_DIR/wheels" "$ARM64_ROOT/tmp/wheels"
   log "installing the wheels in the root (emulated pip, ~1 min)"
   in_root sh -c 'python3 -m pip install -q --no-deps --break-system-packages --no-index /tmp/wheels/*.whl'
@@ -95,7 +105,7 @@ fi
 
 # ---- 4. only the runtime's files go into the root -----------------------------------------
 rm -rf "$ARM64_ROOT/opt/edgekd" && mkdir -p "$ARM64_ROOT/opt/edgekd/edgekd/runtime"
-cp "$REPO"/edgekd/{__init__,errors,names}.py "$ARM64_ROOT/opt/edgekd/edgekd/"
+cp "$REPO"/edgekd/{__init__,errors,names,deps,io}.py "$ARM64_ROOT/opt/edgekd/edgekd/"
 cp "$REPO"/edgekd/runtime/*.py "$ARM64_ROOT/opt/edgekd/edgekd/runtime/"
 
 # ---- 5. x86: export a model, pick real images, classify them on the host ------------------
@@ -107,12 +117,18 @@ rm -rf "$ARM64_ROOT/opt/case" && cp -r "$WORK_DIR/case" "$ARM64_ROOT/opt/case"
 
 # ---- 6. aarch64: the same command under emulation -----------------------------------------
 log "aarch64 (qemu, QEMU_CPU=$QEMU_CPU): classifying"
-in_root python3 -c 'import platform, sys, numpy, onnxruntime, PIL, json; print(json.dumps({"machine": platform.machine(), "python": sys.version.split()[0], "numpy": numpy.__version__, "onnxruntime": onnxruntime.__version__, "pillow": PIL.__version__, "torch_importable": __import__("importlib.util").util.find_spec("torch") is not None}))' > "$WORK_DIR/case/arm_env.json"
+in_root python3 -c 'import platform, sys, numpy, onnxruntime, PIL, json, importlib.util as u, importlib.metadata as m; print(json.dumps({"machine": platform.machine(), "python": sys.version.split()[0], "numpy": numpy.__version__, "onnxruntime": onnxruntime.__version__, "pillow": PIL.__version__, "torch_importable": u.find_spec("torch") is not None, "openvino": m.version("openvino") if u.find_spec("openvino") else None}))' > "$WORK_DIR/case/arm_env.json"
 start=$(date +%s%N)
 in_root env PYTHONPATH=/opt/edgekd python3 -m edgekd.runtime /opt/case/model.onnx /opt/case/images \
   --json --top-k 10 --batch-size 32 > "$WORK_DIR/case/arm_pred.json"
 end=$(date +%s%N)
 echo "{\"wall_ms\": $(( (end - start) / 1000000 ))}" > "$WORK_DIR/case/arm_time.json"
+rm -f "$WORK_DIR/case/arm_pred_openvino.json"
+if [ "$OPENVINO" = 1 ]; then  # the same images through OpenVINO's aarch64 CPU plugin: correctness only
+  log "aarch64 (qemu): classifying with --backend openvino"
+  in_root env PYTHONPATH=/opt/edgekd python3 -m edgekd.runtime /opt/case/model.onnx /opt/case/images \
+    --json --top-k 10 --batch-size 32 --backend openvino > "$WORK_DIR/case/arm_pred_openvino.json"
+fi
 
 # ---- 7. compare and record ------------------------------------------------------------------
 "$PYTHON" "$REPO/scripts/aarch64_case.py" compare --case "$WORK_DIR/case" --results "$RESULTS"

@@ -9,7 +9,8 @@ PYTHONPATH, so nothing test-specific lives in edgekd itself:
   it the two runs do the same arithmetic and agree to float rounding.
 - `EDGEKD_TEST_FAIL_RANK=R`, `EDGEKD_TEST_FAIL_EPOCH=E` (1-based): rank R raises a one-line
   `DataError` at the first step of epoch E, as a corrupt input seen by one rank only would;
-  with `EDGEKD_TEST_FAIL_MODE=hang` it sleeps there instead (a stuck rank).
+  with `EDGEKD_TEST_FAIL_MODE=hang` it sleeps there instead (a stuck rank), after writing its pid
+  to `EDGEKD_TEST_FAIL_MARKER=FILE` when set (a test then kills it, as a node that dies).
 - `EDGEKD_TEST_WRITE_LOG=FILE`: every `os.replace` (the last step of each atomic write) appends
   `RANK PATH` to FILE, so a test can tell which rank wrote which file.
 """
@@ -51,12 +52,16 @@ def install() -> None:
     fail_epoch = int(os.environ.get("EDGEKD_TEST_FAIL_EPOCH", "1")) - 1
     hang = os.environ.get("EDGEKD_TEST_FAIL_MODE") == "hang"
     from edgekd.errors import DataError
-    from edgekd.train.methods import CEMethod
+    from edgekd.train.method import CEMethod
 
     real_loss = CEMethod.loss
 
     def loss(self, model, batch, epoch):
         if epoch == fail_epoch and hang:
+            if os.environ.get("EDGEKD_TEST_FAIL_MARKER"):
+                with open(os.environ["EDGEKD_TEST_FAIL_MARKER"] + ".tmp", "w") as f:
+                    f.write(str(os.getpid()))
+                os.rename(os.environ["EDGEKD_TEST_FAIL_MARKER"] + ".tmp", os.environ["EDGEKD_TEST_FAIL_MARKER"])
             time.sleep(3600)
         if epoch == fail_epoch:
             raise DataError(f"injected: a corrupt image seen by rank {fail_rank} only")

@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from datasets import (cifar10_folder, mnist_npz, write_cifar_batches, write_image_folder, write_mnist_idx,
-                      write_npz)
 from edgekd.data import load_dataset
 from edgekd.data.dataset import split_train_val
 from edgekd.data.loader import BatchLoader
 from edgekd.data.readers import RawSplits, read_spec
 from edgekd.data.transforms import eval_transform, random_crop, train_transform
 from edgekd.errors import DataError
+from imagedata import cifar10_folder, mnist_npz, write_cifar_batches, write_image_folder, write_mnist_idx, write_npz
 
 # ---- readers ------------------------------------------------------------------------------
 
@@ -283,7 +282,8 @@ def test_loader_epochs_shards_and_channels_last():
     assert torch.equal(b.y, torch.from_numpy(y[b.index.numpy()]))
     el = BatchLoader(x, y, 16, train=False, **kw)
     assert len(el) == 4 and torch.cat([b.index for b in el]).tolist() == list(range(50))
-    torch.testing.assert_close(next(iter(el)).x, eval_transform(torch.from_numpy(x[:16].transpose(0, 3, 1, 2)), kw["mean"], kw["std"]))
+    torch.testing.assert_close(next(iter(el)).x,
+                               eval_transform(torch.from_numpy(x[:16].transpose(0, 3, 1, 2)), kw["mean"], kw["std"]))
     shards = [BatchLoader(x, y, 5, train=True, rank=r, world_size=2, **kw) for r in range(2)]
     seen = [set(torch.cat([b.index for b in s]).tolist()) for s in shards]
     assert not (seen[0] & seen[1]) and len(seen[0] | seen[1]) == 50

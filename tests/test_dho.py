@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,15 +14,16 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from edgekd.cli import app
+from edgekd.config import TrainConfig
 from edgekd.data import load_dataset
 from edgekd.data.semisup import UNLABELED, SemiSupLoader, select_labeled
 from edgekd.errors import ConfigError, DataError, EdgekdError
 from edgekd.heads.dual import NormalizedLinearHead, build_kd_head, mix_probs, search_mix
-from edgekd.losses.dho import distill_kl, dho_loss
+from edgekd.losses.dho import dho_loss, distill_kl
 from edgekd.models import build_model
-from edgekd.teachers import cache_dir, load_teacher, teacher_logits
-from edgekd.train.checkpoint import load_checkpoint, rebuild_training_model, save_checkpoint
+from edgekd.train.checkpoint import build_payload, load_checkpoint, rebuild_training_model, save_checkpoint
 from edgekd.train.model import TrainingModel
+from edgekd.train.teachers import cache_dir, load_teacher, teacher_logits
 
 SPEC = "synthetic:n_train=200,n_test=60"
 
@@ -37,21 +39,16 @@ def _cache(tmp_path, monkeypatch):
 
 
 def write_teacher_ckpt(path: Path, data, seed: int = 0, num_classes: int | None = None,
-                       input_shape: list | None = None, model: str = "tiny") -> Path:
+                       input_shape: list | None = None, model: str = "tiny", mean=None, std=None) -> Path:
     """An edgekd checkpoint of a randomly initialised model (no training needed to be a teacher)."""
     torch.manual_seed(seed)
     k = num_classes or data.num_classes
     shape = input_shape or list(data.input_shape)
     student = build_model(model, num_classes=k, in_channels=shape[0])
     tm = TrainingModel(student).eval()
-    from edgekd.config import TrainConfig, config_to_dict
-
-    save_checkpoint(path, {
-        "model_name": model, "model_kwargs": {"num_classes": k, "in_channels": shape[0]},
-        "model_state": tm.state_dict(), "config": config_to_dict(TrainConfig(model=model)),
-        "class_names": list(data.class_names)[:k] + [f"x{i}" for i in range(k - data.num_classes)],
-        "input_shape": shape, "mean": list(data.mean), "std": list(data.std), "output_kind": "logits",
-    })
+    facts = SimpleNamespace(spec=data.spec, input_shape=tuple(shape), mean=mean or data.mean, std=std or data.std,
+                            class_names=list(data.class_names)[:k] + [f"x{i}" for i in range(k - data.num_classes)])
+    save_checkpoint(path, build_payload(TrainConfig(model=model), tm, facts))
     return path
 
 
@@ -296,11 +293,31 @@ def test_cli_train_dho_reports_every_head_and_stores_the_mix(dho_run):
     assert ck["output_kind"] == "probs"
     a, b = float(ck["model_state"]["mix_alpha"]), float(ck["model_state"]["mix_beta"])
     assert 0.0 <= a <= 1.0 and b in (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 4.0)
-    model = rebuild_training_model(ck)  # DHOMethod.build with data=None
+    model = rebuild_training_model(ck)  # edgekd.train.model.dho_model from the stored config: no teacher, no data
     assert model.kd_head is not None and model.output_kind == "probs"
     x = torch.randn(3, 3, 32, 32)
     heads = model.heads(x)
     assert torch.allclose(model(x), mix_probs(heads["main"], heads["kd"], a, b), atol=1e-6)
+
+
+def test_dho_mix_search_evidence_is_kept_in_summary_and_best(dho_run):
+    res, out, _ = dho_run
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    mix = summary["dho_mix"]
+    assert mix["source"] == "search" and mix["n"] == 40
+    assert len(mix["betas"]) == 7 and len(mix["alphas"]) == 21
+    assert [len(row) for row in mix["accuracy"]] == [21] * 7  # accuracy[b][a], percent
+    chosen = mix["accuracy"][mix["betas"].index(mix["beta"])][mix["alphas"].index(mix["alpha"])]
+    assert chosen == mix["val_acc_mix"] == max(max(row) for row in mix["accuracy"])
+    ck = load_checkpoint(out / "best.pt")
+    assert ck["train_end"]["dho_mix"] == mix  # best.pt, written through the one payload builder, holds it too
+    assert float(ck["model_state"]["mix_alpha"]) == pytest.approx(mix["alpha"])
+    assert float(ck["model_state"]["mix_beta"]) == pytest.approx(mix["beta"])
+    # the finished best.pt keeps the best epoch's progress (not a rewrite that loses it)
+    last = load_checkpoint(out / "last.pt")
+    assert 1 <= ck["epoch"] <= last["epoch"] and ck["optimizer"] and "labeled_idx" in ck["method_state"]
+    assert ck["val_acc"] == summary["best_val_acc"] and "train_end" not in last
 
 
 def test_cli_train_dho_errors_are_one_line(dho_run, tmp_path, data):
@@ -319,14 +336,106 @@ def test_dho_with_lsskd_aux_heads_and_alpha_beta_override(tmp_path, data):
     from edgekd.config import build_config
     from edgekd.train.loop import train
 
-    pytest.importorskip("edgekd.heads.aux")
     teacher = write_teacher_ckpt(tmp_path / "t.pt", data)
     cfg = build_config(overrides=dict(
         model="tiny", method="dho", teacher=str(teacher), epochs=1, batch_size=32, out=str(tmp_path / "run"),
         data=SPEC, val_fraction=0.2, max_steps_per_epoch=2, progress=False,
-        dho=dict(labeled_per_class=4, alpha=0.3, beta=2.0, online_teacher=True), lsskd=dict(stages=[0], branch="light")))
+        dho=dict(labeled_per_class=4, alpha=0.3, beta=2.0, online_teacher=True),
+        lsskd=dict(stages=[0], branch="light")))
     res = train(cfg, data, log=lambda s: None)
     model = rebuild_training_model(load_checkpoint(res.out_dir / "best.pt"))
     assert "0" in model.aux_heads and model.kd_head is not None
     assert float(model.mix_alpha) == pytest.approx(0.3) and float(model.mix_beta) == pytest.approx(2.0)
     assert "test_acc_aux0" in res.summary and "test_acc_kd" in res.summary
+    assert res.summary["dho_mix"] == {"alpha": pytest.approx(0.3), "beta": 2.0, "source": "override"}
+
+
+# ---------------------------------------------------------------- the teacher cache of fixed augmented views
+
+def write_loud_teacher(path: Path, data) -> Path:
+    """A random teacher with O(1) logits (a fresh head's are ~0.01: every view would look alike)."""
+    tm = TrainingModel(build_model("tiny", num_classes=data.num_classes)).eval()
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for name, t in tm.state_dict().items():
+            if t.is_floating_point() and t.ndim > 0:
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5 if name.endswith("running_var")
+                        else torch.randn(t.shape, generator=g) * 0.3)
+    facts = SimpleNamespace(spec=data.spec, input_shape=tuple(data.input_shape), mean=data.mean, std=data.std,
+                            class_names=list(data.class_names))
+    save_checkpoint(path, build_payload(TrainConfig(model="tiny"), tm, facts))
+    return path
+
+
+def _views_method(teacher: Path, data, log=None, world: int = 1, rank: int = 0, **dho):
+    from edgekd.config import build_config
+    from edgekd.train.dho import DHOMethod
+
+    cfg = build_config(overrides=dict(model="tiny", method="dho", teacher=str(teacher), data=SPEC, batch_size=16,
+                                      seed=4, dho=dict(labeled_per_class=3, teacher_cache="views", **dho)))
+    method = DHOMethod(cfg, data, torch.device("cpu"), log=log)
+    return method, method.make_train_loader(rank=rank, world_size=world, channels_last=False)
+
+
+@pytest.mark.parametrize("image_size", [None, 24])  # native pad-and-crop, and random-resized crops of a View
+def test_view_cache_gives_the_online_teachers_logits_on_the_same_augmented_batch(tmp_path, image_size):
+    from edgekd.data.images import View
+    from edgekd.train.teachers import unnormalize
+
+    d = load_dataset(SPEC, 0.2, 0, view=None if image_size is None else View(image_size))
+    teacher = write_loud_teacher(tmp_path / "t.pt", d)
+    lines: list[str] = []
+    method, loader = _views_method(teacher, d, log=lines.append, view_rounds=3)
+    assert not method.online and method.table is None and len(method.view_tables) == 3
+    assert sum("on view round" in s for s in lines) == 3  # one teacher pass per round, before training
+    clean = teacher_logits(method.teacher, d, "train")  # the clean cache: another target
+    seen_rounds, diff_clean = set(), 0.0
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        for batch in loader:
+            assert batch.rounds is not None and batch.x.shape[1:] == tuple(d.input_shape)
+            cached = method._teacher_batch(batch)
+            online = method.teacher.run(unnormalize(batch.x, d.mean, d.std))  # the default: teacher on this batch
+            torch.testing.assert_close(cached, online, rtol=2e-3, atol=2e-3)  # fp16 table rows
+            diff_clean = max(diff_clean, float((cached - clean[batch.index].float()).abs().max()))
+            seen_rounds |= set(batch.rounds.tolist())
+    assert seen_rounds == {0, 1, 2} and diff_clean > 0.1  # every round used; views are not the clean images
+    # a second run with the same views reuses the cache and sees the very same batches
+    again, loader2 = _views_method(teacher, d, log=lines.append, view_rounds=3)
+    assert sum("on view round" in s for s in lines) == 3
+    loader.set_epoch(1)
+    loader2.set_epoch(1)
+    b1, b2 = next(iter(loader)), next(iter(loader2))
+    assert torch.equal(b1.x, b2.x) and torch.equal(again._teacher_batch(b2), method._teacher_batch(b1))
+    # a process of a 2-process run: its rows are views of the same plan (independent of batching and sharding)
+    _, shard = _views_method(teacher, d, world=2, rank=1, view_rounds=3)
+    b = next(iter(shard))
+    x_u8 = torch.from_numpy(np.asarray(d.x_train[b.index.numpy()])).permute(0, 3, 1, 2)
+    want = method.views.apply(x_u8, b.index, b.rounds)
+    torch.testing.assert_close(unnormalize(b.x, d.mean, d.std), want, rtol=0, atol=1e-5)
+
+
+def test_teacher_cache_options_are_checked(tmp_path, data):
+    from edgekd.config import build_config
+    from edgekd.train.dho import DHOMethod
+
+    teacher = write_teacher_ckpt(tmp_path / "t.pt", data)
+    logits = tmp_path / "t.npy"
+    np.save(logits, np.zeros((len(data.train_ids) + len(data.val_ids), data.num_classes), np.float32))
+
+    def method(teacher_path, augment=True, **dho):
+        cfg = build_config(overrides=dict(model="tiny", method="dho", teacher=str(teacher_path), data=SPEC,
+                                          augment=augment, dho=dict(labeled_per_class=3, **dho)))
+        return DHOMethod(cfg, data, torch.device("cpu"), log=None)
+
+    for bad, match in [(dict(teacher_cache="disk"), "unknown dho.teacher_cache"),
+                       (dict(teacher_cache="views", online_teacher=False), "not both"),
+                       (dict(teacher_cache="views", view_rounds=0), "view_rounds must be >= 1")]:
+        with pytest.raises(ConfigError, match=match):
+            method(teacher, **bad)
+    with pytest.raises(ConfigError, match="without augment"):
+        method(teacher, augment=False, teacher_cache="views")
+    with pytest.raises(ConfigError, match="needs a model teacher"):
+        method(logits, teacher_cache="views")
+    assert method(teacher).online and method(teacher, teacher_cache="clean").cache == "clean"
+    assert not method(logits).online  # a logits file gives its rows whatever the default

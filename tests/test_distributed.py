@@ -13,6 +13,9 @@ What is checked, and how the runs are made comparable:
   normalisation; `tests/ddp_hooks.py`): the arithmetic is then the same up to float rounding.
 - PS-KD on the real `tiny` (with BatchNorm): its per-sample buffer merges both ranks' rows.
 - A stuck rank: the other one gives up after `dist_timeout` with a one-line error.
+- Two nodes on this machine (`--nnodes 2 --node-rank 0|1`, static rendezvous on 127.0.0.1, gloo,
+  one process each): a run end to end, and a node that dies (its launcher and worker killed with
+  SIGKILL): the other node stops within seconds naming the lost node, and `--resume` finishes.
 
 Workers get `tests/ddp_hooks.py` through a `sitecustomize.py` on their PYTHONPATH (model
 registration, failure injection, a log of which rank wrote which file).
@@ -22,6 +25,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -79,9 +84,10 @@ def crashed_then_resumed(tmp_path_factory):
     t0 = time.monotonic()
     crashed = edgekd_train(["--nproc-per-node", "2", "--batch-size", "32", "--out", str(run), *CURVE], env)
     crash_time = time.monotonic() - t0
+    last, metrics = run / names.LAST_CKPT, run / names.METRICS_FILE
     after_crash = SimpleNamespace(files={p.name for p in run.iterdir()},
-                                  epoch=load_checkpoint(run / names.LAST_CKPT)["epoch"] if (run / names.LAST_CKPT).exists() else None,
-                                  metrics=[r["epoch"] for r in read_metrics(run)] if (run / names.METRICS_FILE).exists() else None)
+                                  epoch=load_checkpoint(last)["epoch"] if last.exists() else None,
+                                  metrics=[r["epoch"] for r in read_metrics(run)] if metrics.exists() else None)
     env = worker_env(tmp, EDGEKD_TEST_WRITE_LOG=str(writes))
     resumed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                               "--log-dir", str(tmp / "torchrun-logs"),  # else it leaves a /tmp/torchelastic_* dir
@@ -176,7 +182,8 @@ def test_pskd_buffer_merges_both_ranks(tmp_path):
     proc = edgekd_train(["--nproc-per-node", "2", "--method", "pskd", "--model", "tiny", "--data", SMALL,
                          "--epochs", "2", "--batch-size", "32", "--out", str(run)], worker_env(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert {p.name for p in run.iterdir()} == RUN_FILES
+    # `edgekd train` draws curves.png at the end when the [plot] extra is installed (rank 0 only)
+    assert {p.name for p in run.iterdir()} - {"curves.png"} == RUN_FILES
     buffer = load_checkpoint(run / names.LAST_CKPT)["method_state"]["buffer"]
     # the images both ranks trained on in epochs 1 and 2 (the rank-0 process saved the buffer)
     from edgekd.data import load_dataset
@@ -206,6 +213,112 @@ def test_a_stuck_rank_times_out_with_one_line_error(tmp_path):
     assert line.startswith("error: distributed training failed: rank 0: a collective waited longer than "
                            "dist_timeout"), line
     assert time.monotonic() - t0 < 90  # not the hour rank 1 sleeps
+
+
+# ---- two nodes on one machine ---------------------------------------------------------------------
+
+PLOTS = {"curves.png"}  # drawn by the launcher after a run when matplotlib is installed
+# tiny model, 3 global steps of 2 x 32 per epoch; a short dist_timeout bounds any wait on a lost peer
+TWO_NODES = ["--model", "tiny", "--data", SMALL, "--batch-size", "32", "--set", "dist_timeout=30"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_node(node: int, port: int, args: list[str], env: dict) -> subprocess.Popen:
+    """`edgekd train` as node `node` of 2 (one process), static rendezvous on 127.0.0.1:port."""
+    return subprocess.Popen([sys.executable, "-m", "edgekd", "train", "--no-progress", "--device", "cpu",
+                             "--nproc-per-node", "1", "--nnodes", "2", "--node-rank", str(node),
+                             "--master-addr", "127.0.0.1", "--master-port", str(port), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)  # its own process group: a test can kill the "node"
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def run_two_nodes(args: list[str], env: dict, node1_args: list[str] | None = None):
+    """Both nodes to completion: [(returncode, stdout, stderr)] of node 0 and node 1."""
+    port = free_port()
+    nodes = [start_node(0, port, args, env), start_node(1, port, node1_args or args, env)]
+    try:
+        outputs = [p.communicate(timeout=LAUNCH_TIMEOUT) for p in nodes]
+        return [(p.returncode, out, err) for p, (out, err) in zip(nodes, outputs)]
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                kill_group(p)
+
+
+def test_two_nodes_train_end_to_end(tmp_path):
+    run, elsewhere, writes = tmp_path / "run", tmp_path / "node1-out", tmp_path / "writes.log"
+    env = worker_env(tmp_path, EDGEKD_TEST_WRITE_LOG=str(writes))
+    args = [*TWO_NODES, "--epochs", "2"]
+    (rc0, out0, err0), (rc1, out1, err1) = run_two_nodes([*args, "--out", str(run)], env,
+                                                         [*args, "--out", str(elsewhere)])
+    assert rc0 == 0 and rc1 == 0, err0[-3000:] + err1[-3000:]
+    assert {p.name for p in run.iterdir()} - PLOTS == RUN_FILES
+    assert not elsewhere.exists()  # node 1 writes nothing: the run directory is node 0's
+    ck = load_checkpoint(run / names.LAST_CKPT)
+    assert ck["epoch"] == 2 and ck["global_step"] == 2 * 3 and ck["world_size"] == 2
+    summary = json.loads((run / names.SUMMARY_FILE).read_text())
+    assert summary["world_size"] == 2 and summary["global_batch"] == 64
+    assert {line.split(" ", 1)[0] for line in writes.read_text().splitlines()} == {"0"}
+    assert "global batch 64" in out0 and "epoch 2 " in out0 and "epoch" not in out1  # rank 0 logs
+
+
+def test_a_lost_node_stops_the_other_with_one_line_and_resume_finishes(tmp_path):
+    """Node 1 (its launcher and its worker) is killed with SIGKILL while rank 0 waits for it in epoch 2."""
+    run, marker, writes = tmp_path / "run", tmp_path / "rank1.pid", tmp_path / "writes.log"
+    env = worker_env(tmp_path, EDGEKD_TEST_FAIL_RANK="1", EDGEKD_TEST_FAIL_EPOCH="2", EDGEKD_TEST_FAIL_MODE="hang",
+                     EDGEKD_TEST_FAIL_MARKER=str(marker))
+    args = [*TWO_NODES, "--epochs", "2", "--out", str(run)]
+    port = free_port()
+    node0, node1 = start_node(0, port, args, env), start_node(1, port, args, env)
+    worker = None
+    try:
+        deadline = time.monotonic() + LAUNCH_TIMEOUT
+        while not marker.exists() and time.monotonic() < deadline and node0.poll() is None:
+            time.sleep(0.2)
+        assert marker.exists(), node0.communicate(timeout=5)[1][-3000:] if node0.poll() is not None else "no marker"
+        worker = int(marker.read_text())
+        t_kill = time.monotonic()
+        kill_group(node1)  # the node dies: its launcher (elastic agent) ...
+        os.kill(worker, signal.SIGKILL)  # ... and its worker (torchrun starts workers in their own session)
+        _, err0 = node0.communicate(timeout=LAUNCH_TIMEOUT)
+        stopped_after = time.monotonic() - t_kill
+    finally:
+        for p in (node0, node1):
+            if p.poll() is None:
+                kill_group(p)
+        if worker is not None:
+            try:
+                os.kill(worker, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert node0.returncode == 1
+    (line,) = [ln for ln in err0.splitlines() if ln.strip()]
+    assert line.startswith("error: distributed training failed: lost node 1: rank 0: lost contact"), line
+    assert stopped_after < 30, stopped_after  # a closed connection, not the 30 s dist_timeout
+    assert load_checkpoint(run / names.LAST_CKPT)["epoch"] == 1
+    assert {p.name for p in run.iterdir()} == RUN_FILES - {names.SUMMARY_FILE}  # no lock, no temp files
+
+    env = worker_env(tmp_path, EDGEKD_TEST_WRITE_LOG=str(writes))
+    (rc0, out0, err0), (rc1, _, err1) = run_two_nodes(["--resume", str(run)], env)
+    assert rc0 == 0 and rc1 == 0, err0[-3000:] + err1[-3000:]
+    assert {p.name for p in run.iterdir()} - PLOTS == RUN_FILES
+    ck = load_checkpoint(run / names.LAST_CKPT)
+    assert ck["epoch"] == 2 and ck["global_step"] == 2 * 3 and ck["world_size"] == 2
+    assert [m["epoch"] for m in read_metrics(run)] == [1, 2]
+    assert {line.split(" ", 1)[0] for line in writes.read_text().splitlines()} == {"0"}
 
 
 def test_cli_distributed_option_errors():

@@ -16,16 +16,16 @@ from typer.testing import CliRunner
 
 from edgekd import names
 from edgekd.cli import app
-from edgekd.config import build_config, config_to_dict
+from edgekd.config import build_config
 from edgekd.data.dataset import load_dataset
 from edgekd.errors import EdgekdError, GateError
-from edgekd.export.manifest import METADATA_KEY, read_manifest
 from edgekd.export.onnx import check_parity, count_onnx_params, export_onnx, make_session
 from edgekd.export.pipeline import ExportOptions, run_export
 from edgekd.export.quantize import check_accuracy_budget, quantize_int8
 from edgekd.models import ZOO, build_model
-from edgekd.train.checkpoint import load_checkpoint, rebuild_training_model, save_checkpoint
-from edgekd.train.methods import build_method
+from edgekd.runtime.manifest import METADATA_KEY, read_manifest_data
+from edgekd.train.checkpoint import build_payload, load_checkpoint, rebuild_training_model, save_checkpoint
+from edgekd.train.model import build_training_model
 
 SYN = "synthetic:n_train=200,n_test=60"
 SLOW_ZOO = {"resnet56", "resnet32x4", "wrn_40_2", "mobilenetv2"}
@@ -40,7 +40,7 @@ def make_checkpoint(path, data, model="tiny", method="ce", seed=0, a=0.6, b=1.5,
     """A real edgekd checkpoint of a method's TrainingModel (weights randomised, not trained)."""
     cfg = build_config(overrides=dict(model=model, method=method, data=SYN, **overrides))
     student = build_model(model, num_classes=data.num_classes, in_channels=data.input_shape[0])
-    tm = build_method(cfg, None, torch.device("cpu")).build(student)
+    tm = build_training_model(cfg, student)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, t in tm.state_dict().items():
@@ -49,12 +49,7 @@ def make_checkpoint(path, data, model="tiny", method="ce", seed=0, a=0.6, b=1.5,
                         else torch.randn(t.shape, generator=g) * 0.3)
         tm.mix_alpha.fill_(a)
         tm.mix_beta.fill_(b)
-    c, h, w = data.input_shape
-    save_checkpoint(path, {
-        "model_name": model, "model_kwargs": {"num_classes": data.num_classes, "in_channels": c},
-        "model_state": tm.state_dict(), "config": config_to_dict(cfg), "class_names": list(data.class_names),
-        "input_shape": [c, h, w], "mean": list(data.mean), "std": list(data.std), "output_kind": tm.output_kind,
-        "data_spec": data.spec, "epoch": 1, "val_acc": 0.0})
+    save_checkpoint(path, build_payload(cfg, tm, data, epoch=1, val_acc=0.0))
     return path
 
 
@@ -81,7 +76,7 @@ def test_export_cli_writes_verified_onnx_and_manifest(tmp_path, ce_ckpt, data):
     manifest = json.loads((out / names.MANIFEST_FILE).read_text())
     embedded = json.loads({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
     assert {k: v for k, v in manifest.items() if k != "files"} == embedded
-    assert read_manifest(out / names.MODEL_ONNX) == embedded
+    assert read_manifest_data(out / names.MODEL_ONNX) == embedded
     assert manifest["opset"] == 17 and manifest["output"]["kind"] == names.LOGITS_NAME
     assert manifest["class_names"] == list(data.class_names)
     assert manifest["input"]["shape"] == [None, *data.input_shape] and manifest["input"]["layout"] == "NCHW"
@@ -133,7 +128,8 @@ def test_aux_trained_model_exports_like_a_plain_student(tmp_path, data):
 def test_dho_exact_export_emits_probs_equal_to_the_training_model(tmp_path, data):
     ck = make_checkpoint(tmp_path / "dho.pt", data, method="dho", a=0.35, b=2.0)
     r = run_export(ExportOptions(ckpt=str(ck), out=str(tmp_path / "e")), log=lambda s: None, data=data)
-    assert r.manifest["output"]["kind"] == names.PROBS_NAME and r.manifest["fold"] == {"mode": "exact", "alpha": 0.35, "beta": 2.0}
+    assert r.manifest["output"]["kind"] == names.PROBS_NAME
+    assert r.manifest["fold"] == {"mode": "exact", "alpha": 0.35, "beta": 2.0}
     tm = rebuild_training_model(load_checkpoint(ck))
     x = real_batch(data, 32)
     got = make_session(r.files["onnx"]).run(None, {names.INPUT_NAME: x.numpy()})[0]
@@ -204,7 +200,8 @@ def test_cli_error_paths_exit_1_and_write_nothing(tmp_path, ce_ckpt):
     full.mkdir()
     (full / "keep.txt").write_text("mine")
     cases.append(([str(ce_ckpt), "--out", str(full)], "not empty", None))
-    cases.append(([str(ce_ckpt), "--out", str(tmp_path / "o3"), "--calib-method", "guess", "--int8"], "calib-method", tmp_path / "o3"))
+    cases.append(([str(ce_ckpt), "--out", str(tmp_path / "o3"), "--calib-method", "guess", "--int8"], "calib-method",
+                  tmp_path / "o3"))
     for args, msg, out in cases:
         res = runner.invoke(app, ["export", *args])
         assert res.exit_code == 1, (args, res.output)
@@ -217,7 +214,6 @@ def test_cli_error_paths_exit_1_and_write_nothing(tmp_path, ce_ckpt):
 
 
 def test_tensorrt_format_without_tensorrt_is_a_clean_error(tmp_path, ce_ckpt):
-    pytest.importorskip("edgekd.export.tensorrt")
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here; this checks the error without it")
     res = CliRunner().invoke(app, ["export", str(ce_ckpt), "--format", "tensorrt", "--out", str(tmp_path / "t")])

@@ -92,3 +92,48 @@ def test_module_student_errors():
         ModuleStudent(UserNet(), ["block1", "block9"], "fc")
     with pytest.raises(EdgekdError, match="must be nn.Linear"):
         ModuleStudent(UserNet(), ["block1"], "block2")
+
+
+# ---------------------------------------------------------------- `edgekd info` (edgekd.info)
+
+
+def test_info_zoo_lists_every_model_with_params_and_macs():
+    from typer.testing import CliRunner
+
+    from edgekd.cli import app
+    from edgekd.info import zoo_rows
+
+    res = CliRunner().invoke(app, ["info", "--zoo"])
+    assert res.exit_code == 0, res.output
+    rows = {r["model"]: r for r in zoo_rows()}
+    assert set(rows) == set(ZOO)
+    for name in ZOO:
+        assert f"| {name} | {rows[name]['params'] / 1e6:.3f}M |" in res.output
+    assert rows["resnet20"]["params"] == count_params(build_model("resnet20"))
+
+
+def test_info_describes_a_checkpoint_and_refuses_other_files(tmp_path):
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from edgekd.cli import app
+    from edgekd.config import build_config
+    from edgekd.train.checkpoint import build_payload, save_checkpoint
+    from edgekd.train.model import build_training_model
+
+    cfg = build_config(overrides=dict(model="tiny", method="lsskd", epochs=3, lsskd={"branch": "light"}))
+    model = build_training_model(cfg, build_model("tiny", num_classes=4))
+    data = SimpleNamespace(spec="synthetic", class_names=["a", "b", "c", "d"], input_shape=(3, 32, 32),
+                           mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    save_checkpoint(tmp_path / "best.pt", build_payload(cfg, model, data, epoch=2, val_acc=51.5))
+    res = CliRunner().invoke(app, ["info", str(tmp_path)])  # a run directory finds best.pt
+    assert res.exit_code == 0, res.output
+    deploy, total = count_params(model.student), count_params(model)
+    assert total > deploy  # the aux classifiers are training-only parts
+    for text in ("model:        tiny", "method:       lsskd", "epoch:        2 / 3", "val acc: 51.50%",
+                 "classes:      4: a, b, c, d", f"{deploy:,} deploy (student) / {total:,} with training-only parts"):
+        assert text in res.output, (text, res.output)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    bad = CliRunner().invoke(app, ["info", str(tmp_path / "junk.pt")])
+    assert bad.exit_code == 1 and bad.output.count("error:") == 1 and "Traceback" not in bad.output

@@ -17,12 +17,22 @@ import pytest
 import torch
 from PIL import Image
 
-from edgekd.runtime import (Classifier, ImageError, ManifestError, ModelError, list_images, load_image,
-                            normalize_batch, parse_manifest, select_top_k, softmax, to_probabilities)
+from edgekd.runtime import (
+    Classifier,
+    ImageError,
+    ManifestError,
+    list_images,
+    load_image,
+    normalize_batch,
+    parse_manifest,
+    select_top_k,
+    softmax,
+    to_probabilities,
+)
 from edgekd.runtime.__main__ import main as run_main
 
 sys.path.insert(0, str(Path(__file__).parent))
-from datasets import cifar10_folder  # noqa: E402
+from imagedata import cifar10_folder  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MEAN3, STD3 = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
@@ -86,7 +96,8 @@ def torch_eval_input(x_nhwc_uint8: np.ndarray, mean, std) -> torch.Tensor:
     """Training's evaluation transform on uint8 NHWC images."""
     from edgekd.data.transforms import eval_transform
 
-    return eval_transform(torch.from_numpy(np.ascontiguousarray(x_nhwc_uint8)).permute(0, 3, 1, 2).contiguous(), mean, std)
+    nchw = torch.from_numpy(np.ascontiguousarray(x_nhwc_uint8)).permute(0, 3, 1, 2).contiguous()
+    return eval_transform(nchw, mean, std)
 
 
 def copy_real_images(dst: Path, per_class: int, train_per_class: int = 1) -> list[Path]:
@@ -137,7 +148,8 @@ def test_grayscale_preprocessing_matches_training(tmp_path, monkeypatch):
     raw = read_spec(f"imagefolder:{tmp_path / 'ds'}")
     arrays = np.stack([load_image(f, 1, (10, 10)) for f in list_images(tmp_path / "ds" / "test")])
     assert arrays.shape == (4, 10, 10, 1) and np.array_equal(arrays, raw.x_test)
-    assert np.array_equal(normalize_batch(arrays, (0.13,), (0.31,)), torch_eval_input(raw.x_test, (0.13,), (0.31,)).numpy())
+    assert np.array_equal(normalize_batch(arrays, (0.13,), (0.31,)),
+                          torch_eval_input(raw.x_test, (0.13,), (0.31,)).numpy())
 
 
 def test_resize_matches_training_reader(tmp_path, monkeypatch):
@@ -232,6 +244,39 @@ def test_embedded_manifest_is_used_without_manifest_file(tmp_path, rgb_model):
     onnx.save(proto, str(tmp_path / "solo.onnx"))
     clf = Classifier(tmp_path / "solo.onnx")
     assert clf.manifest.class_names == ("p", "q", "r") and "metadata" in clf.manifest.source
+
+
+def test_manifest_sha256_is_checked_against_the_model_once_per_load(tmp_path, rgb_model, monkeypatch):
+    """manifest.json's `files` sha256 and the embedded copy's source checkpoint must match the model file."""
+    import onnx
+
+    import edgekd.runtime.manifest as rm
+    from edgekd.export.manifest import embed_manifest
+    from edgekd.io import sha256_file
+
+    model_path, _ = rgb_model
+    d = tmp_path / "m"
+    d.mkdir()
+    proto = onnx.load(str(model_path))
+    embed_manifest(proto, {**manifest_dict(["cat", "dog", "eel"], (3, 16, 16), MEAN3, STD3),
+                           "source": {"sha256": "a" * 64}})
+    onnx.save(proto, str(d / "model.onnx"))
+    good = {**manifest_dict(["cat", "dog", "eel"], (3, 16, 16), MEAN3, STD3), "source": {"sha256": "a" * 64},
+            "files": {"model.onnx": sha256_file(d / "model.onnx")}}
+    (d / "manifest.json").write_text(json.dumps(good))
+    calls = []
+    monkeypatch.setattr(rm, "sha256_file", lambda p: calls.append(p) or sha256_file(p))
+    assert Classifier(d / "model.onnx").manifest.num_classes == 3
+    assert calls == [d / "model.onnx"]  # one read of the model per load
+    for bad, what in (({"files": {"model.onnx": "0" * 64}}, "records sha256"),
+                      ({"source": {"sha256": "b" * 64}}, "source checkpoint sha256")):
+        (d / "manifest.json").write_text(json.dumps({**good, **bad}))
+        with pytest.raises(ManifestError, match=f"belongs to another export.*{what}"):
+            Classifier(d / "model.onnx")
+    # a model under a name the manifest does not list: only the embedded source is compared
+    (d / "manifest.json").write_text(json.dumps(good))
+    shutil.copy(d / "model.onnx", d / "renamed.onnx")
+    assert Classifier(d / "renamed.onnx", manifest=d / "manifest.json").manifest.num_classes == 3
 
 
 # ---- classification: arrays, files, batching, static batch, probs --------------------------------
@@ -402,7 +447,8 @@ NO_TORCH = textwrap.dedent("""
     from edgekd.runtime.__main__ import main
     code = main(sys.argv[1:])
     heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnx") and sys.modules[m] is not None)
-    ours = sorted(m for m in sys.modules if m.startswith("edgekd.") and not m.startswith(("edgekd.runtime", "edgekd.errors", "edgekd.names")))
+    root = ("edgekd.runtime", "edgekd.errors", "edgekd.names", "edgekd.deps", "edgekd.io")  # RUNTIME_ROOT_FILES
+    ours = sorted(m for m in sys.modules if m.startswith("edgekd.") and not m.startswith(root))
     print("PREDS", preds, "CODE", code, "HEAVY", heavy, "OURS", ours, file=sys.stderr)
 """)
 
@@ -418,14 +464,9 @@ def test_runtime_imports_and_classifies_without_torch(tmp_path, rgb_model):
 
 
 def test_runtime_files_alone_are_enough(tmp_path, rgb_model):
-    """The files the aarch64 check copies (edgekd/__init__, errors, names, runtime/) run on their own."""
+    """The files the aarch64 check copies (RUNTIME_ROOT_FILES and runtime/) run on their own."""
     model_path, _ = rgb_model
-    pkg = tmp_path / "copy" / "edgekd"
-    (pkg / "runtime").mkdir(parents=True)
-    for name in ("__init__.py", "errors.py", "names.py"):
-        shutil.copy(REPO / "edgekd" / name, pkg / name)
-    for f in (REPO / "edgekd" / "runtime").glob("*.py"):
-        shutil.copy(f, pkg / "runtime" / f.name)
+    copy_runtime(tmp_path / "copy")
     img = write_pngs(tmp_path / "imgs", 1, size=16)[0]
     code = ("import sys; sys.modules['torch'] = None; import edgekd, edgekd.runtime.__main__ as m; "
             "assert edgekd.__file__.startswith(sys.argv[1]), edgekd.__file__; sys.exit(m.main(sys.argv[2:]))")
@@ -434,6 +475,114 @@ def test_runtime_files_alone_are_enough(tmp_path, rgb_model):
                           capture_output=True, text=True, env=env, cwd=tmp_path)  # not the checkout on sys.path
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(str(img))
+
+
+# The package root files the runtime imports: a device copy is these plus edgekd/runtime/.
+RUNTIME_ROOT_FILES = ("__init__.py", "errors.py", "names.py", "deps.py", "io.py")
+
+# Imported by a device copy before anything else: torch and the training/export stack cannot be
+# imported at all (a meta path finder refuses them), so a stray import fails loudly.
+BLOCK_TORCH = textwrap.dedent("""
+    import sys
+
+    class _Blocker:
+        BLOCKED = ("torch", "torchvision", "onnx", "onnxscript", "onnxsim", "typer", "yaml")
+
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in self.BLOCKED:
+                raise ImportError(f"{name} is blocked: the device runtime must not import it")
+            return None
+
+    sys.meta_path.insert(0, _Blocker())
+""")
+
+
+def copy_runtime(dest: Path) -> Path:
+    """Copy edgekd/runtime/ and RUNTIME_ROOT_FILES to dest/edgekd (no other edgekd file); returns dest."""
+    pkg = dest / "edgekd"
+    (pkg / "runtime").mkdir(parents=True)
+    for name in RUNTIME_ROOT_FILES:
+        shutil.copy(REPO / "edgekd" / name, pkg / name)
+    for f in (REPO / "edgekd" / "runtime").glob("*.py"):
+        shutil.copy(f, pkg / "runtime" / f.name)
+    return dest
+
+
+def test_runtime_copy_classifies_real_pngs_with_torch_unimportable(tmp_path):
+    """A copy of runtime/ + the root files runs an ONNX model exported by edgekd's exporter (manifest
+    embedded by edgekd.export.manifest) on PNG files, in a process where torch cannot be imported,
+    and predicts what the checkout's Classifier predicts."""
+    import onnx
+
+    from edgekd.export.manifest import embed_manifest
+    from edgekd.export.onnx import export_onnx
+    from edgekd.models import build_model
+
+    torch.manual_seed(3)
+    student = build_model("tiny", num_classes=4, in_channels=3).eval()
+    proto = export_onnx(student, (3, 16, 16), "logits")
+    embed_manifest(proto, manifest_dict(["ant", "bee", "cow", "dog"], (3, 16, 16), MEAN3, STD3))
+    model = tmp_path / "model" / "model.onnx"  # no manifest.json beside it: the embedded one is read
+    model.parent.mkdir()
+    onnx.save(proto, str(model))
+    images = write_pngs(tmp_path / "imgs", 5, size=20, seed=4)  # resized to 16x16 by the runtime
+    copy = copy_runtime(tmp_path / "copy")
+    (copy / "sitecustomize.py").write_text(BLOCK_TORCH)
+    code = textwrap.dedent("""
+        import json, sys
+        import edgekd
+        assert edgekd.__file__.startswith(sys.argv[1]), edgekd.__file__
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("torch is importable")
+        from edgekd.runtime.__main__ import main
+        code = main([sys.argv[2], *sys.argv[3:], "--json", "--top-k", "2"])
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnx"))
+        names = sorted(m for m in sys.modules if m.startswith("edgekd"))
+        print(json.dumps({"code": code, "loaded": loaded, "edgekd": names}), file=sys.stderr)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(copy)}
+    proc = subprocess.run([sys.executable, "-c", code, str(copy), str(model), *map(str, images)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert info["code"] == 0 and info["loaded"] == []
+    assert {m.split(".")[1] for m in info["edgekd"] if "." in m} <= {"runtime", "errors", "names", "deps", "io"}
+    doc = json.loads(proc.stdout)
+    assert "metadata" in doc["manifest"] and len(doc["results"]) == 5
+    want = {str(r.path): (r.prediction.label, r.prediction.score) for r in Classifier(model).classify_files(images)}
+    got = {r["file"]: (r["label"], r["score"]) for r in doc["results"]}
+    assert got.keys() == want.keys()
+    for f, (label, score) in got.items():
+        assert label == want[f][0] and abs(score - want[f][1]) < 1e-6
+
+
+FORBIDDEN_IN_RUNTIME = ("torch", "torchvision", "onnx", "edgekd.export", "edgekd.bench", "edgekd.train")
+
+
+def test_runtime_imports_nothing_above_it():
+    """No module of edgekd/runtime/ imports torch, onnx or the export/bench/train layers, at module
+    level or inside functions (including `require("...")` of an optional dependency)."""
+    import ast
+
+    bad = []
+    for f in sorted((REPO / "edgekd" / "runtime").glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] if node.level == 0 else []
+            elif (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) in
+                  ("require", "import_module") and node.args and isinstance(node.args[0], ast.Constant)):
+                names = [str(node.args[0].value)]
+            else:
+                continue
+            bad += [f"{f.name}:{node.lineno} {n}" for n in names
+                    if any(n == m or n.startswith(m + ".") for m in FORBIDDEN_IN_RUNTIME)]
+    assert bad == []
 
 
 # ---- parity on real images: torch, bench's ORT runner, the runtime ------------------------------
@@ -446,8 +595,8 @@ def exported_run(tmp_path_factory):
     from edgekd.train.loop import train
 
     tmp = tmp_path_factory.mktemp("run")
-    cfg = build_config(overrides=dict(model="tiny", epochs=1, out=str(tmp / "run"), data="synthetic:n_train=300,n_test=100",
-                                      max_steps_per_epoch=3, progress=False))
+    cfg = build_config(overrides=dict(model="tiny", epochs=1, out=str(tmp / "run"),
+                                      data="synthetic:n_train=300,n_test=100", max_steps_per_epoch=3, progress=False))
     train(cfg, log=lambda s: None)
     res = run_export(ExportOptions(ckpt=str(tmp / "run" / "best.pt"), out=str(tmp / "export"), verify_size=64),
                      log=lambda s: None)
@@ -457,7 +606,7 @@ def exported_run(tmp_path_factory):
 @pytest.mark.data
 def test_parity_real_images_torch_bench_runtime(tmp_path, monkeypatch, exported_run):
     """On real CIFAR-10 JPEGs: runtime top-1 == torch model's == bench ORT runner's (100%, FP32)."""
-    from edgekd.bench.accuracy import predict, preprocess_images
+    from edgekd.bench.accuracy import predict
     from edgekd.bench.runners import build_runner
     from edgekd.data.readers import read_spec
     from edgekd.train.checkpoint import load_checkpoint, rebuild_training_model
@@ -471,7 +620,7 @@ def test_parity_real_images_torch_bench_runtime(tmp_path, monkeypatch, exported_
         torch_out = rebuild_training_model(ckpt)(torch_eval_input(raw.x_test, ckpt["mean"], ckpt["std"]))
     torch_probs = torch.softmax(torch_out, 1).numpy()
     runner = build_runner(model_path, "ort", threads=1)
-    bench_top1 = predict(runner, preprocess_images(raw.x_test, ckpt["mean"], ckpt["std"])).argmax(1)
+    bench_top1 = predict(runner, normalize_batch(raw.x_test, ckpt["mean"], ckpt["std"])).argmax(1)
 
     clf = Classifier(model_path, threads=1)
     results = list(clf.classify_files(files, top_k=len(clf.manifest.class_names), batch_size=16))
@@ -504,10 +653,12 @@ def test_fresh_venv_base_install_has_no_torch_and_classifies(tmp_path, exported_
                          capture_output=True, text=True, timeout=600)
     assert pip.returncode == 0, pip.stderr[-2000:]
     probe = subprocess.run([str(venv / "bin" / "python"), "-c",
-                            "import importlib.util as u; print([m for m in ('torch', 'onnx', 'typer') if u.find_spec(m)])"],
+                            "import importlib.util as u; "
+                            "print([m for m in ('torch', 'onnx', 'typer') if u.find_spec(m)])"],
                            capture_output=True, text=True)
     assert probe.stdout.strip() == "[]", probe.stdout  # the base install brought no training stack
-    proc = subprocess.run([str(venv / "bin" / "edgekd-run"), str(model_path), str(tmp_path / "cifar" / "test"), "--json"],
+    proc = subprocess.run([str(venv / "bin" / "edgekd-run"), str(model_path), str(tmp_path / "cifar" / "test"),
+                           "--json"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)

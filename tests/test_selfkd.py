@@ -183,7 +183,7 @@ def test_lsskd_checkpoint_rebuilds_without_data_and_keeps_aux_out_of_student(tmp
     res = train(_cfg(tmp_path / "run", method="lsskd"), log=lambda s: None)
     ck = load_checkpoint(res.out_dir / names.BEST_CKPT)
     assert any(k.startswith("aux_heads.0.") for k in ck["model_state"])
-    model = rebuild_training_model(ck)  # builds LSSKDMethod with data=None
+    model = rebuild_training_model(ck)  # edgekd.train.model.lsskd_model from the stored config, no data
     assert list(model.aux_heads) == ["0"]
     assert not any("aux" in k for k in model.student.state_dict())
     assert "test_acc_aux0" in res.summary
@@ -243,7 +243,7 @@ def test_cli_kd_refuses_bad_teachers(tmp_path, teacher_ckpt):
 
 
 def test_kd_refuses_a_teacher_with_other_classes(tmp_path, teacher_ckpt):
-    from datasets import write_npz
+    from imagedata import write_npz
 
     npz = write_npz(tmp_path / "three.npz", n_train=60, n_test=12, size=32, num_classes=3)
     res = _invoke(["--method", "kd", "--data", f"npz:{npz}", "--teacher", str(teacher_ckpt),

@@ -96,7 +96,7 @@ def test_fold_exact_matches_on_random_and_real_inputs(real_x, a, b):
 
 @pytest.mark.data
 def test_fold_exact_on_real_mnist_images():
-    from datasets import mnist_npz
+    from imagedata import mnist_npz
 
     data = load_dataset(f"npz:{mnist_npz()}")
     x = torch.from_numpy(data.x_test[:256].transpose(0, 3, 1, 2).copy()).float() / 255

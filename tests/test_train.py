@@ -129,7 +129,9 @@ def test_resume_continues_exactly(tmp_path):
     with pytest.raises(_StopAfterEpoch):
         train(quick_cfg(tmp_path / "resumed", **kw), log=stop_after_first_epoch)
     assert load_checkpoint(tmp_path / "resumed" / names.LAST_CKPT)["epoch"] == 1
-    res = train(quick_cfg(tmp_path / "ignored-out", resume=str(tmp_path / "resumed"), epochs=10), log=lambda m: None)
+    # the resumed run's stored config is a layer under the options given: epochs and steps stay the run's
+    res = train(build_config(overrides=dict(resume=str(tmp_path / "resumed"), out=str(tmp_path / "ignored-out"),
+                                            progress=False)), log=lambda m: None)
     assert res.out_dir == tmp_path / "resumed" and not (tmp_path / "ignored-out").exists()
     a = load_checkpoint(tmp_path / "straight" / names.LAST_CKPT)
     b = load_checkpoint(tmp_path / "resumed" / names.LAST_CKPT)
@@ -139,6 +141,18 @@ def test_resume_continues_exactly(tmp_path):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
     assert [r["epoch"] for r in read_metrics(tmp_path / "resumed")] == [1, 2]
     assert read_metrics(tmp_path / "resumed")[1]["val_acc"] == read_metrics(tmp_path / "straight")[1]["val_acc"]
+
+
+def test_resume_with_more_epochs_extends_the_run_and_fewer_is_refused(tmp_path):
+    """`--resume RUN --epochs N` is a layer over RUN's stored config: N is honoured, the rest is the run's."""
+    run = tmp_path / "run"
+    train(quick_cfg(run, max_steps_per_epoch=1), log=lambda m: None)
+    res = train(build_config(overrides=dict(resume=str(run), epochs=2)), log=lambda m: None)
+    ck = load_checkpoint(run / names.LAST_CKPT)
+    assert res.epochs_run == 2 and ck["epoch"] == 2 and ck["global_step"] == 2  # 1 step per epoch, as stored
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
+    with pytest.raises(ConfigError, match="already trained 2 epochs"):
+        train(build_config(overrides=dict(resume=str(run), epochs=1)), log=lambda m: None)
 
 
 def test_seeded_runs_are_reproducible(tmp_path):
@@ -151,7 +165,7 @@ def test_seeded_runs_are_reproducible(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    from edgekd.train.methods import CEMethod
+    from edgekd.train.method import CEMethod
 
     real_loss = CEMethod.loss
 

@@ -1,8 +1,9 @@
 """Accuracy (top-1 / top-5 on a data spec) and parity against a reference model.
 
-Pre-processing is the evaluation normalisation of training, done in numpy so ONNX Runtime and
-TensorRT runners need no torch: uint8 NHWC -> float [0, 1] -> (x - mean) / std -> NCHW, with the
-mean/std the *model* was trained with (from the checkpoint, or the ONNX manifest).
+Pre-processing is the device runtime's (`edgekd.runtime.preprocess.normalize_batch`: training's
+evaluation normalisation in numpy, bit for bit): uint8 NHWC -> float [0, 1] -> (x - mean) / std
+-> NCHW, with the mean/std the *model* was trained with (from the checkpoint, or the manifest).
+Probabilities are the runtime's softmax, so bench and a device agree on what they compare.
 """
 
 from __future__ import annotations
@@ -14,14 +15,10 @@ import numpy as np
 from edgekd.bench.runners import Runner
 from edgekd.errors import DataError, EdgekdError
 from edgekd.names import PROBS_NAME
+from edgekd.runtime.postprocess import to_probabilities
+from edgekd.runtime.preprocess import normalize_batch
 
-
-def preprocess_images(x_uint8: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """uint8 (N, H, W, C) -> normalised float32 (N, C, H, W)."""
-    m = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    s = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
-    x = x_uint8.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
-    return np.ascontiguousarray((x - m) / s)
+EVAL_CHUNK = 256  # images read, normalised and scored at a time (154 MB of float32 at 224 px)
 
 
 def check_data_shape(runner: Runner, input_shape: Sequence[int], spec: str) -> None:
@@ -59,34 +56,53 @@ def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float((top == labels[:, None]).any(axis=1).mean() * 100.0)
 
 
+def data_view(runners: Sequence[Runner]) -> Any:
+    """The evaluation view (edgekd.data.images.View) the models were trained at (`ModelInfo.view`, from the
+    checkpoint or manifest), to load --data the way training evaluated it; None for native-size models.
+
+    Raises:
+        EdgekdError: two models were evaluated on different views (one loaded dataset cannot serve both).
+    """
+    from edgekd.data.images import View
+
+    views: dict[tuple[int, int], str] = {}
+    found = None
+    for r in runners:
+        if r.info.view:
+            found = View.from_config(r.info.view)
+            views.setdefault((found.size, found.side), r.info.path)
+    if len(views) > 1:
+        raise EdgekdError("the models were evaluated on different views (size, resize): "
+                          + ", ".join(f"{k} for {p}" for k, p in views.items()) + "; bench them separately")
+    return found
+
+
 def evaluate_accuracy(runner: Runner, spec: str, split: str = "test", batch_size: int = 64,
                       data: Any = None, limit: Optional[int] = None) -> dict[str, Any]:
-    """Top-1 / top-5 of a runner on one split of a data spec (loaded with edgekd.data.load_dataset)."""
+    """Top-1 / top-5 of a runner on one split of a data spec (loaded with edgekd.data.load_dataset, at the
+    runner's evaluation view). The split is read and normalised in chunks: an on-disk store split of
+    ImageNet size never sits in memory as float32 at once."""
     from edgekd.data import load_dataset
 
-    data = data if data is not None else load_dataset(spec)
+    data = data if data is not None else load_dataset(spec, view=data_view([runner]))
     x_u8, y = data.split(split)
     if limit:
         x_u8, y = x_u8[:limit], y[:limit]
     check_data_shape(runner, data.input_shape, spec)
     mean, std, source = normalisation(runner, data.mean, data.std)
-    scores = predict(runner, preprocess_images(x_u8, mean, std), batch_size)
+    bs = runner.info.fixed_batch or batch_size
+    chunk = bs * max(1, EVAL_CHUNK // bs)  # whole batches per chunk: a static-batch model pads only the last
+    scores = np.concatenate([predict(runner, normalize_batch(x_u8[i:i + chunk], mean, std), batch_size)
+                             for i in range(0, len(y), chunk)])
     if scores.ndim != 2 or scores.shape[0] != len(y):
-        raise EdgekdError(f"{runner.info.path} returned shape {scores.shape} for {len(y)} images; expected (N, classes)")
+        raise EdgekdError(f"{runner.info.path} returned shape {scores.shape} for {len(y)} images; "
+                          f"expected (N, classes)")
     if int(y.max()) >= scores.shape[1]:
-        raise DataError(f"{spec} has labels up to {int(y.max())} but {runner.info.path} outputs {scores.shape[1]} classes")
+        raise DataError(f"{spec} has labels up to {int(y.max())} but {runner.info.path} outputs "
+                        f"{scores.shape[1]} classes")
     out = {"data": spec, "split": split, "n": int(len(y)), "top1": topk_accuracy(scores, y, 1),
            "top5": topk_accuracy(scores, y, 5) if scores.shape[1] >= 5 else None, "normalisation": source}
     return out
-
-
-def to_probs(out: np.ndarray, kind: str) -> np.ndarray:
-    """Softmax of logits; probabilities pass through."""
-    if kind == PROBS_NAME:
-        return out
-    z = out - out.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def compare_outputs(out: np.ndarray, ref: np.ndarray, kind: str, ref_kind: str) -> dict[str, Any]:
@@ -95,7 +111,7 @@ def compare_outputs(out: np.ndarray, ref: np.ndarray, kind: str, ref_kind: str) 
         raise EdgekdError(f"parity: output shape {out.shape} differs from the reference's {ref.shape}")
     space = kind
     if kind != ref_kind:
-        out, ref, space = to_probs(out, kind), to_probs(ref, ref_kind), PROBS_NAME
+        out, ref, space = to_probabilities(out, kind), to_probabilities(ref, ref_kind), PROBS_NAME
     diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
     return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
             "top1_agreement": float((out.argmax(1) == ref.argmax(1)).mean() * 100.0), "n": int(len(out)),

@@ -1,6 +1,7 @@
 """The environment a benchmark ran in, stored in every report so numbers can be interpreted.
 
-CPU model, cores, thread settings, package versions (read from installed metadata: nothing
+CPU model, cores, instruction-set flags (AVX-512, VNNI, AMX, NEON: they decide INT8 and bf16
+speed), load average, thread settings, package versions (read from installed metadata: nothing
 heavy is imported just to learn a version), CUDA and GPU when present; on a Jetson the L4T
 release, nvpmodel power mode and clocks; on a Raspberry Pi the board model.
 """
@@ -16,7 +17,7 @@ import sys
 from importlib import metadata
 from typing import Any, Optional
 
-PACKAGES = ("torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "numpy", "onnx")
+PACKAGES = ("torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "openvino", "numpy", "onnx")
 
 
 def read_text(path: str, limit: int = 4096) -> Optional[str]:
@@ -105,6 +106,44 @@ def board_model() -> Optional[str]:
     return read_text("/proc/device-tree/model")
 
 
+# Instruction-set extensions that decide INT8 and bf16/fp16 speed on CPU: VNNI/AMX give ONNX
+# Runtime's U8S8 kernels (and torch's bf16) their speed-up; without them an INT8 model can be
+# slower than FP32. x86 names from /proc/cpuinfo `flags`, Arm names from `Features`.
+CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+             "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "amx_fp16",
+             "neon", "asimd", "asimddp", "asimdhp", "fphp", "i8mm", "bf16", "sve", "sve2")
+
+
+def cpu_flags() -> list[str]:
+    """The CPU_FLAGS this CPU reports, in CPU_FLAGS order ([] where /proc/cpuinfo is absent, e.g. macOS)."""
+    text = read_text("/proc/cpuinfo", 1 << 20) or ""
+    found: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            found.update(value.split())
+    return [f for f in CPU_FLAGS if f in found]
+
+
+def isa_summary(flags: list[str]) -> str:
+    """The one extension that matters most for INT8/bf16 speed, e.g. 'AVX-512 VNNI', 'AMX', 'NEON dotprod'."""
+    f = set(flags)
+    for names, label in ((("amx_int8",), "AMX"), (("avx512_vnni",), "AVX-512 VNNI"), (("avx_vnni",), "AVX-VNNI"),
+                         (("avx512f",), "AVX-512"), (("avx2",), "AVX2"), (("i8mm",), "NEON i8mm"),
+                         (("asimddp",), "NEON dotprod"), (("asimd", "neon"), "NEON")):
+        if f & set(names):
+            return label
+    return ""
+
+
+def load_average() -> Optional[list[float]]:
+    """1, 5 and 15 minute load averages (None where the OS has none): a busy machine explains slow figures."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def collect_fingerprint(threads: Any = None) -> dict[str, Any]:
     """Everything about this machine and process that changes benchmark numbers."""
     try:
@@ -122,6 +161,8 @@ def collect_fingerprint(threads: Any = None) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpu_affinity": affinity,
         "cpu_governor": governor,
+        "cpu_flags": cpu_flags(),
+        "load_avg": load_average(),
         "threads": {
             "requested": threads,
             "torch_intra_op": torch.get_num_threads() if torch is not None else None,
@@ -139,7 +180,10 @@ def collect_fingerprint(threads: Any = None) -> dict[str, Any]:
 
 def describe_fingerprint(fp: dict[str, Any]) -> str:
     """One line for the table caption."""
-    parts = [f"{fp.get('cpu_model')} ({fp.get('cpu_affinity') or fp.get('cpu_count')} cores)"]
+    cpu = [f"{fp.get('cpu_affinity') or fp.get('cpu_count')} cores", isa_summary(fp.get("cpu_flags") or [])]
+    if fp.get("load_avg"):
+        cpu.append(f"load {fp['load_avg'][0]:.2f}")
+    parts = [f"{fp.get('cpu_model')} ({', '.join(c for c in cpu if c)})"]
     if fp.get("gpu"):
         parts.append(f"GPU {fp['gpu']} (CUDA {fp.get('cuda')})")
     if fp.get("board_model"):
@@ -147,8 +191,10 @@ def describe_fingerprint(fp: dict[str, Any]) -> str:
     if fp.get("jetson"):
         parts.append(f"{fp['jetson']['l4t_release']}")
     pk = fp.get("packages", {})
-    parts.append(", ".join(f"{k} {v}" for k, v in pk.items() if v and k in ("torch", "onnxruntime", "onnxruntime-gpu", "tensorrt")))
+    shown = ("torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "openvino")
+    parts.append(", ".join(f"{k} {v}" for k, v in pk.items() if v and k in shown))
     return " | ".join(p for p in parts if p)
 
 
-__all__ = ["collect_fingerprint", "describe_fingerprint", "board_model", "jetson_info", "cuda_info"]
+__all__ = ["collect_fingerprint", "describe_fingerprint", "cpu_flags", "isa_summary", "load_average", "board_model",
+           "jetson_info", "cuda_info"]

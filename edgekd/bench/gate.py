@@ -1,29 +1,33 @@
-"""The CI regression gate: a report against a baseline report, and interleaved A/B comparison.
+"""The CI regression gate: a report against a baseline report (and the A/B comparison's names).
 
 A baseline gate compares medians measured at different times, possibly on different machines:
-on noisy CI machines it raises false alarms (DESIGN.md section 6 measured 4 in 20 at 10%).
-`compare_runners` is the trustworthy form: A and B run in alternating rounds in one process,
-each round gives a paired ratio of block medians B/A, and a bootstrap over rounds gives a
-confidence interval of the latency ratio. It fails only when the whole interval lies above
-1 + threshold; an interval that straddles the threshold is reported as inconclusive.
+on noisy CI machines it raises false alarms (measured 4 in 20 at 10%: docs/architecture.md,
+"Latency gate noise"); `edgekd bench compare` (edgekd.bench.compare) is the trustworthy form.
+
+Before any figure is compared, each matched pair of entries must be the same model on the same
+data (edgekd.bench.identity): a different model or different evaluated images is refused with one
+line (EdgekdError, exit 1) naming what differs, and a different environment is a warning. A
+baseline file that is not a well-formed bench report is refused in one line too, never a KeyError.
 """
 
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
-
-from edgekd.bench.latency import LatencySettings, _timed_call, percentile, warm_up
-from edgekd.bench.runners import Runner, check_input
+# the comparison's names lived here: re-exported for `from edgekd.bench.gate import ...`
+from edgekd.bench.compare import (  # noqa: F401
+    COMPARE_SCHEMA,
+    COMPARE_SCHEMA_VERSION,
+    CompareResult,
+    CompareSettings,
+    bootstrap_ratio_ci,
+    compare_runners,
+    decide,
+)
+from edgekd.bench.identity import build_note, data_differences, environment_differences, model_differences
+from edgekd.bench.reader import load_report, validate_report  # noqa: F401 - load_report re-exported
 from edgekd.errors import EdgekdError, GateError
-
-COMPARE_SCHEMA = "edgekd-bench-compare"
-COMPARE_SCHEMA_VERSION = 1
 
 
 def parse_percent(text: str | float) -> float:
@@ -42,22 +46,13 @@ def parse_percent(text: str | float) -> float:
 # baseline gate
 
 
-def load_report(path: str | Path) -> dict[str, Any]:
-    """Read a bench JSON report and check it is one."""
-    from edgekd.bench.report import SCHEMA, SCHEMA_VERSION
-
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise EdgekdError(f"baseline report not found: {path}") from None
-    except (OSError, ValueError) as exc:
-        raise EdgekdError(f"{path} is not a JSON bench report ({str(exc).splitlines()[0][:100]})") from None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise EdgekdError(f"{path} is not an edgekd bench report (schema marker missing)")
-    if int(data.get("schema_version", 0)) > SCHEMA_VERSION:
-        raise EdgekdError(f"{path} was written by a newer edgekd (schema {data.get('schema_version')}); upgrade edgekd")
-    return data
+def validate_baseline(baseline: dict[str, Any], source: str = "baseline") -> None:
+    """A baseline must also carry each entry's identity, or nothing proves what it measured."""
+    validate_report(baseline, source)
+    for i, art in enumerate(baseline["artifacts"]):
+        if not isinstance(art.get("identity"), dict):
+            raise EdgekdError(f"{source}: artifacts[{i}] ({art['name']}) carries no identity (a report from an "
+                              f"edgekd before artifact identities); record the baseline again")
 
 
 def _match_artifacts(current: list[dict], baseline: list[dict]) -> list[tuple[dict, Optional[dict]]]:
@@ -76,14 +71,49 @@ def _match_artifacts(current: list[dict], baseline: list[dict]) -> list[tuple[di
     return pairs
 
 
+def check_comparable(artifacts: list[dict], baseline: dict[str, Any],
+                     source: str = "baseline") -> tuple[list[str], list[str]]:
+    """Refuse a baseline whose matched entries are other models or other data; returns (notes, environment
+    differences). `artifacts` are this run's entries with their `identity` (and `data` when scored)."""
+    validate_baseline(baseline, source)
+    refused, notes, env = [], [], []
+    for base, cur in _match_artifacts(artifacts, baseline["artifacts"]):
+        if cur is None:
+            continue
+        diffs = model_differences(base["identity"], cur.get("identity") or {})
+        if diffs:
+            refused.append(f"{cur['name']} is not the model of the baseline entry {base['name']}: {'; '.join(diffs)}")
+            continue
+        both_scored = (base.get("accuracy") or {}).get("top1") is not None and \
+            (cur.get("accuracy") or {}).get("top1") is not None
+        data = data_differences(base.get("data"), cur.get("data")) if both_scored else []
+        if data:
+            refused.append(f"top-1 of {cur['name']} was measured on other data than the baseline: {data[0]}")
+        note = build_note(base["identity"], cur["identity"])
+        if note:
+            notes.append(f"{cur['name']}: {note}")
+        env += [d for d in environment_differences(base.get("environment"), cur.get("environment")) if d not in env]
+    if refused:
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        raise EdgekdError(f"{source}: refusing to compare: {refused[0]}{more}")
+    if env:
+        notes.append(f"the environment differs from the baseline ({'; '.join(env)}): figures compared anyway, "
+                     f"but they may move for that reason")
+    return notes, env
+
+
 def check_baseline(report: dict[str, Any], baseline: dict[str, Any], max_latency_regression: float,
-                   max_accuracy_drop: float, metric: str = "p50_ms") -> dict[str, Any]:
-    """Compare a report with a baseline; returns {passed, failures, checks, notes}.
+                   max_accuracy_drop: float, metric: str = "p50_ms", source: str = "baseline") -> dict[str, Any]:
+    """Compare a report with a baseline; returns {passed, failures, checks, notes, environment_differences}.
+
+    EdgekdError (exit 1) first when a matched pair is not the same model on the same data
+    (`check_comparable`), or the baseline is malformed.
 
     `max_latency_regression` is a fraction (0.10 = 10% slower allowed); `max_accuracy_drop` is
     in top-1 percentage points. Each failure names the artifact, batch size and figure.
     """
-    failures, checks, notes = [], [], []
+    notes, env = check_comparable(report["artifacts"], baseline, source)
+    failures, checks = [], []
     for base, cur in _match_artifacts(report["artifacts"], baseline["artifacts"]):
         if cur is None:
             notes.append(f"{base['name']}: in the baseline but not benchmarked now; not gated")
@@ -109,7 +139,8 @@ def check_baseline(report: dict[str, Any], baseline: dict[str, Any], max_latency
             ratio = crow[metric] / b_val if b_val > 0 else float("inf")
             ok = ratio <= 1 + max_latency_regression + 1e-9
             checks.append({"artifact": cur["name"], "figure": f"{metric} batch {bs}", "baseline": b_val,
-                           "current": crow[metric], "change": ratio - 1, "limit": max_latency_regression, "passed": ok})
+                           "current": crow[metric], "change": ratio - 1, "limit": max_latency_regression,
+                           "passed": ok})
             if not ok:
                 failures.append(f"latency {metric.replace('_ms', '')} of {cur['name']} at batch {bs} regressed "
                                 f"{(ratio - 1) * 100:.1f}% ({b_val:.3f} ms -> {crow[metric]:.3f} ms; "
@@ -118,7 +149,7 @@ def check_baseline(report: dict[str, Any], baseline: dict[str, Any], max_latency
         notes.append("nothing in the baseline matched this run: no figure was gated")
     return {"passed": not failures, "failures": failures, "checks": checks, "notes": notes,
             "max_latency_regression": max_latency_regression, "max_accuracy_drop": max_accuracy_drop,
-            "metric": metric}
+            "metric": metric, "environment_differences": env}
 
 
 def enforce_gate(result: dict[str, Any]) -> None:
@@ -127,112 +158,3 @@ def enforce_gate(result: dict[str, Any]) -> None:
     if failures:
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
         raise GateError(f"gate failed: {failures[0]}{more}")
-
-
-# ---------------------------------------------------------------------------------------------
-# interleaved A/B comparison
-
-
-@dataclass(frozen=True)
-class CompareSettings:
-    rounds: int = 30
-    time_s: float = 2.0  # total timed calls per side, spread over the rounds
-    min_block: int = 3  # calls per side per round, at least
-    threshold: float = 0.10  # allowed slowdown of B vs A (fraction)
-    confidence: float = 0.95
-    n_boot: int = 2000
-    seed: int = 0
-    warmup: LatencySettings = LatencySettings(warmup_iters=10, warmup_time_s=0.2)
-
-    def __post_init__(self):
-        if self.rounds < 5:
-            raise EdgekdError("compare needs at least 5 rounds for a confidence interval")
-        if not 0.5 < self.confidence < 1:
-            raise EdgekdError("--confidence must lie between 0.5 and 1 (e.g. 0.95)")
-
-
-@dataclass
-class CompareResult:
-    ratio: float  # median over rounds of B/A block-median latency
-    ci_low: float
-    ci_high: float
-    confidence: float
-    threshold: float
-    verdict: str  # regression | ok | inconclusive
-    rounds: int
-    calls_per_round: tuple[int, int]  # median calls per block
-    a_p50_ms: float
-    b_p50_ms: float
-    round_ratios: list[float] = field(default_factory=list)
-    wall_s: float = 0.0
-
-    @property
-    def failed(self) -> bool:
-        return self.verdict == "regression"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def summary(self) -> str:
-        lim = 1 + self.threshold
-        text = {"regression": f"B is slower beyond the {self.threshold * 100:g}% threshold: the whole interval lies above {lim:.2f}",
-                "ok": f"within the {self.threshold * 100:g}% threshold: the whole interval lies at or below {lim:.2f}",
-                "inconclusive": f"the interval straddles {lim:.2f}: not a failure; rerun with more --rounds to decide"}[self.verdict]
-        return (f"latency ratio B/A = {self.ratio:.3f} ({self.confidence * 100:g}% CI {self.ci_low:.3f}-{self.ci_high:.3f}; "
-                f"A p50 {self.a_p50_ms:.3f} ms, B p50 {self.b_p50_ms:.3f} ms; {self.rounds} rounds) - {text}")
-
-
-def bootstrap_ratio_ci(a_blocks: np.ndarray, b_blocks: np.ndarray, confidence: float = 0.95,
-                       n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Median of paired per-round ratios b/a, and its percentile-bootstrap interval over rounds."""
-    ratios = np.asarray(b_blocks, dtype=np.float64) / np.asarray(a_blocks, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(ratios), size=(n_boot, len(ratios)))
-    boots = np.median(ratios[idx], axis=1)
-    alpha = (1 - confidence) / 2
-    return (float(np.median(ratios)), float(np.quantile(boots, alpha)), float(np.quantile(boots, 1 - alpha)))
-
-
-def decide(ci_low: float, ci_high: float, threshold: float) -> str:
-    limit = 1 + threshold
-    if ci_low > limit:
-        return "regression"
-    if ci_high <= limit:
-        return "ok"
-    return "inconclusive"
-
-
-def compare_runners(a: Runner, b: Runner, x: np.ndarray, settings: CompareSettings = CompareSettings()) -> CompareResult:
-    """Interleaved A/B rounds on the same input; the order alternates AB, BA, ... each round."""
-    start = time.perf_counter()
-    for r in (a, b):
-        check_input(x, r.info)
-    pa, pb = a.prepare(x), b.prepare(x)
-    warm_up(a, pa, settings.warmup)
-    warm_up(b, pb, settings.warmup)
-    # blocks are bounded by time, not by a call count estimated at warm-up: on a busy machine the
-    # count estimate runs long, and the comparison must take the time it was given
-    block_s = settings.time_s / 2 / settings.rounds
-    a_blocks, b_blocks, a_all, b_all, counts = [], [], [], [], ([], [])
-    for rnd in range(settings.rounds):
-        order = [(a, pa, a_blocks, a_all, counts[0]), (b, pb, b_blocks, b_all, counts[1])]
-        if rnd % 2:
-            order.reverse()
-        for runner, prep, blocks, every, count in order:
-            times: list[float] = []
-            t0 = time.perf_counter()
-            while len(times) < settings.min_block or time.perf_counter() - t0 < block_s:
-                times.append(_timed_call(runner, prep, None)[0] / 1e6)
-            blocks.append(float(np.median(times)))
-            every.extend(times)
-            count.append(len(times))
-    ratio, lo, hi = bootstrap_ratio_ci(np.array(a_blocks), np.array(b_blocks), settings.confidence,
-                                       settings.n_boot, settings.seed)
-    return CompareResult(
-        ratio=ratio, ci_low=lo, ci_high=hi, confidence=settings.confidence, threshold=settings.threshold,
-        verdict=decide(lo, hi, settings.threshold), rounds=settings.rounds,
-        calls_per_round=(int(np.median(counts[0])), int(np.median(counts[1]))),
-        a_p50_ms=percentile(a_all, 50), b_p50_ms=percentile(b_all, 50),
-        round_ratios=[float(v) for v in np.array(b_blocks) / np.array(a_blocks)],
-        wall_s=time.perf_counter() - start,
-    )

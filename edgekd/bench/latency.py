@@ -76,10 +76,32 @@ class LatencyStats:
     fps: float  # images per second of back-to-back calls: batch / mean
     device_p50_ms: Optional[float] = None  # CUDA event time, CUDA runners only
     unstable: bool = False
+    histogram: Optional[dict[str, list]] = None  # latency_histogram(): the distribution, for plots made later
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+HISTOGRAM_BINS = 40
+
+
+def latency_histogram(samples_ms: Sequence[float], bins: int = HISTOGRAM_BINS) -> dict[str, list]:
+    """A fixed-size histogram of per-call latency: `bins` log-spaced bins from the fastest to the slowest call.
+
+    Returns {"edges_ms": bins + 1 edges (6 significant digits), "counts": bins counts}; counts[i]
+    calls took edges_ms[i] <= t < edges_ms[i+1], the slowest in the last bin. Log spacing keeps a
+    long tail (a 10x outlier) from squeezing the body of the distribution into one bin; a fixed
+    size keeps the report small however many calls were timed (raw samples of a fast model run
+    to tens of thousands).
+    """
+    arr = np.asarray(samples_ms, dtype=np.float64)
+    lo, hi = max(float(arr.min()), 1e-9), float(arr.max())
+    if hi <= lo:  # every call took the same time (a coarse clock)
+        return {"edges_ms": [float(f"{lo:.6g}")] * 2, "counts": [int(arr.size)]}
+    edges = np.geomspace(lo, hi, bins + 1)
+    counts, _ = np.histogram(np.clip(arr, lo, hi), bins=edges)
+    return {"edges_ms": [float(f"{e:.6g}") for e in edges], "counts": [int(c) for c in counts]}
 
 
 def summarize_samples(samples_ms: Sequence[float], batch_size: int, device_ms: Sequence[float] = (),
@@ -95,7 +117,7 @@ def summarize_samples(samples_ms: Sequence[float], batch_size: int, device_ms: S
         batch_size=batch_size, iters=int(arr.size), p50_ms=percentile(arr, 50), p90_ms=percentile(arr, 90),
         p99_ms=percentile(arr, 99), mean_ms=mean, std_ms=std, min_ms=float(arr.min()), max_ms=float(arr.max()),
         cv=cv, fps=batch_size * 1000.0 / mean if mean > 0 else float("inf"),
-        device_p50_ms=percentile(device_ms, 50) if len(device_ms) else None,
+        device_p50_ms=percentile(device_ms, 50) if len(device_ms) else None, histogram=latency_histogram(arr),
     )
     if cv > cv_warn:
         stats.unstable = True
@@ -174,7 +196,7 @@ def measure_interleaved(runners: Sequence[Runner], inputs: Sequence[np.ndarray],
                     break
         rnd += 1
     out = []
-    for i, r in enumerate(runners):
+    for i in range(len(runners)):
         stats = summarize_samples(samples[i], inputs[i].shape[0], device[i], settings.cv_warn)
         if len(samples[i]) < settings.min_iters or timed[i] < settings.min_time_s:
             stats.warnings.append(f"stopped at the time limit ({max_time:.0f} s) with {len(samples[i])} calls")

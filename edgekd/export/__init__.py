@@ -3,8 +3,9 @@
 Modules (import them directly; this package imports nothing heavy on purpose):
 - `edgekd.export.onnx`: `export_onnx`, checker, onnxsim, ORT-vs-torch parity, graph check.
 - `edgekd.export.quantize`: `quantize_int8` (ORT static QDQ) and its accuracy budget.
-- `edgekd.export.manifest`: `build_manifest`, `embed_manifest`, `read_manifest`.
+- `edgekd.export.manifest`: `build_manifest`, `embed_manifest` (the reader is `edgekd.runtime.manifest`).
 - `edgekd.export.pipeline`: `run_export(ExportOptions) -> ExportResult`, used by `edgekd export`
   and `edgekd demo`.
-- `edgekd.export.tensorrt`, `edgekd.export.jetson`: engines and Jetson build kits.
+- `edgekd.export.tensorrt`, `edgekd.export.jetson`: building engines and Jetson build kits (loading
+  and running them is `edgekd.runtime.engine`).
 """

@@ -1,8 +1,10 @@
-"""The export manifest (DESIGN.md section 2): everything a runtime needs besides the weights.
+"""Building the export manifest: everything a runtime needs besides the weights
+(docs/architecture.md, "Manifest").
 
 Written as `manifest.json` beside the model and embedded in the ONNX `metadata_props` under
-the key `edgekd.manifest` (a JSON string), so a model file alone is self-describing. Readers
-need neither torch nor onnx: `read_manifest` uses onnxruntime's model metadata.
+`METADATA_KEY` (a JSON string), so a model file alone is self-describing. This module only builds
+and embeds it; the one reader is `edgekd.runtime.manifest` (torch-free and onnx-free), which also
+defines the key and the format marker written here.
 """
 
 from __future__ import annotations
@@ -13,13 +15,24 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
-from edgekd.errors import EdgekdError
+from edgekd.names import INPUT_NAME
+from edgekd.runtime.manifest import MANIFEST_FORMAT, METADATA_KEY
 
-MANIFEST_FORMAT = "edgekd-manifest"
 MANIFEST_VERSION = 1
-METADATA_KEY = "edgekd.manifest"
 LAYOUT = "NCHW"
 PREPROCESS = "x = (uint8_image / 255 - mean) / std, RGB (or gray) channels first, float32"
+# With `resize` (a run trained with --image-size): the evaluation view comes first (edgekd.runtime.resize.eval_view)
+PREPROCESS_VIEW = ("largest centred square resized to resize x resize (bilinear), centred H x W crop, then "
+                   + PREPROCESS)
+
+
+def view_fields(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """`resize` (stored side) and `crop_ratio` of a fixed-size run's evaluation view (ckpt["view"], see
+    edgekd.data.images.View.to_dict); empty for a native-size run, whose images go in at the model's size."""
+    view = ckpt.get("view")
+    if not view:
+        return {}
+    return {"resize": int(view["resize"]), "crop_ratio": float(view["crop_ratio"]), "preprocess": PREPROCESS_VIEW}
 
 
 def package_versions() -> dict[str, Optional[str]]:
@@ -45,9 +58,9 @@ def build_manifest(*, ckpt: dict[str, Any], ckpt_sha256: str, output_name: str, 
         "model": {"name": ckpt["model_name"], "method": cfg.get("method"), "num_classes": len(ckpt["class_names"]),
                   "params": graph.get("params"), "macs": surgery.get("macs_after")},
         "class_names": list(ckpt["class_names"]),
-        "input": {"name": "input", "shape": [None, c, h, w], "layout": LAYOUT, "dtype": "float32",
+        "input": {"name": INPUT_NAME, "shape": [None, c, h, w], "layout": LAYOUT, "dtype": "float32",
                   "mean": [float(v) for v in ckpt["mean"]], "std": [float(v) for v in ckpt["std"]],
-                  "preprocess": PREPROCESS},
+                  "preprocess": PREPROCESS, **view_fields(ckpt)},
         "output": {"name": output_name, "kind": output_name, "shape": [None, len(ckpt["class_names"])]},
         "fold": {"mode": surgery.get("fold"), "alpha": surgery.get("alpha"), "beta": surgery.get("beta")},
         "source": {"checkpoint": Path(ckpt.get("path", "")).name, "sha256": ckpt_sha256,
@@ -73,32 +86,3 @@ def embed_manifest(model, manifest: dict[str, Any]) -> None:
         entry.key, entry.value = k, v
     model.producer_name = "edgekd"
     model.producer_version = manifest.get("versions", {}).get("edgekd") or ""
-
-
-def read_manifest(path: str | Path) -> dict[str, Any]:
-    """Read a manifest from `manifest.json`, an export directory, or an ONNX file's metadata."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "manifest.json"
-    if not p.is_file():
-        raise EdgekdError(f"no manifest at {path}")
-    if p.suffix == ".onnx":
-        from edgekd.deps import require
-
-        ort = require("onnxruntime")
-        try:
-            sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise EdgekdError(f"{p} is not a readable ONNX model ({str(exc).splitlines()[0][:120]})") from None
-        text = sess.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-        if text is None:
-            raise EdgekdError(f"{p} has no edgekd manifest in its metadata (not exported by edgekd)")
-    else:
-        text = p.read_text()
-    try:
-        manifest = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise EdgekdError(f"{p}: manifest is not valid JSON ({exc.msg})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise EdgekdError(f"{p} is not an edgekd manifest")
-    return manifest

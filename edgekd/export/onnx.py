@@ -1,9 +1,9 @@
 """Export a deploy module to a single-file ONNX model and verify it.
 
 Opset <= 17 uses the TorchScript exporter (`dynamo=False`): torch 2.13's dynamo exporter cannot
-emit opset < 18, and TensorRT 8.5 on JetPack 5 needs 17 (DESIGN.md section 6). Opset >= 18 uses
-the dynamo exporter with `external_data=False`. Either way the model stays in memory until it is
-checked, so nothing is written for a model that fails.
+emit opset < 18, and TensorRT 8.5 on JetPack 5 needs 17 (docs/architecture.md, "ONNX exporter and
+opsets"). Opset >= 18 uses the dynamo exporter with `external_data=False`. Either way the model
+stays in memory until it is checked, so nothing is written for a model that fails.
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ import torch
 from torch import nn
 
 from edgekd.deps import require
-from edgekd.errors import EdgekdError, GateError
+from edgekd.errors import EdgekdError, GateError, first_line
+from edgekd.export.options import DEFAULT_OPSET, MIN_OPSET, PARITY_ATOL
+from edgekd.export.quantize import run_session
 from edgekd.names import INPUT_NAME
+from edgekd.runtime.session import open_session
 
-DEFAULT_OPSET = 17
-MIN_OPSET = 13
 BATCH_DIM = "batch"
-# parity: |ort - torch| <= PARITY_ATOL * max(1, max |torch|); FP32 ORT vs torch is ~1e-6 relative
-PARITY_ATOL = 1e-4
 PARITY_MIN_AGREEMENT = 99.0
 
 
@@ -37,7 +36,8 @@ def export_onnx(module: nn.Module, input_shape: Sequence[int], output_name: str,
     onnx = require("onnx")
     max_opset = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= opset <= max_opset:
-        raise EdgekdError(f"--opset {opset} is not supported; choose {MIN_OPSET}..{max_opset} (17 for TensorRT 8.5 / JetPack 5)")
+        raise EdgekdError(f"--opset {opset} is not supported; choose {MIN_OPSET}..{max_opset} "
+                          f"(17 for TensorRT 8.5 / JetPack 5)")
     module = module.eval().cpu()
     x = torch.zeros(2, *input_shape)  # batch 2: a batch-1 example would let the tracer specialise the axis
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -77,7 +77,7 @@ def check_onnx(model) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:  # onnx raises ValidationError / InferenceError
-        raise EdgekdError(f"exported ONNX model failed the checker: {str(exc).splitlines()[0][:200]}") from None
+        raise EdgekdError(f"exported ONNX model failed the checker: {first_line(exc)}") from None
 
 
 def simplify_onnx(model) -> tuple[Any, bool]:
@@ -99,57 +99,63 @@ def simplify_onnx(model) -> tuple[Any, bool]:
 
 
 def make_session(model_or_path, threads: Optional[int] = None, spinning: bool = True):
-    """A CPU ONNX Runtime session from a ModelProto, bytes or a path.
+    """A CPU ONNX Runtime session from a ModelProto, bytes or a path (`edgekd.runtime.session.open_session`).
 
     `spinning=False` stops ORT's intra-op threads from busy-waiting after each run, which starves
-    torch's threads when the two backends alternate in one process (DESIGN.md section 6).
+    torch's threads when the two backends alternate in one process
+    (docs/architecture.md, "ONNX Runtime thread spinning").
     """
-    ort = require("onnxruntime")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    if not spinning:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    src = model_or_path.SerializeToString() if hasattr(model_or_path, "SerializeToString") else model_or_path
-    if not isinstance(src, (bytes, bytearray)):
-        src = str(src)
-    return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
+    return open_session(model_or_path, threads=threads, spinning=spinning)
 
 
-def run_session(session, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Run a one-input one-output session over `x` in chunks of `batch`."""
-    name = session.get_inputs()[0].name
-    outs = [session.run(None, {name: np.ascontiguousarray(x[i:i + batch], dtype=np.float32)})[0]
-            for i in range(0, len(x), batch)]
-    return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+def parity_figures(got: np.ndarray, want: np.ndarray, atol: float = PARITY_ATOL,
+                   min_agreement: float = PARITY_MIN_AGREEMENT, what: str = "ONNX parity",
+                   sides: tuple[str, str] = ("artifact", "reference")) -> dict[str, Any]:
+    """Compare `got` (the artifact's outputs, N x K) with `want` (the reference's); GateError (exit 3) on failure.
+
+    The proof fails when any output of either side is not finite (NaN compares false with any
+    tolerance, so it is checked first), when max |got - want| exceeds `atol * max(1, max |want|)`,
+    or when top-1 agreement counted over *every* row is below `min_agreement` percent. Rows whose
+    reference top-2 margin is within twice the tolerance are near-ties: a flip there is float
+    rounding, so they are reported separately (`near_ties`, `near_tie_flips`), but they still count
+    in the agreement, so a systematic flip among near-tied classes cannot hide.
+    """
+    got, want = np.asarray(got), np.asarray(want)
+    n = int(len(want))
+    if got.shape != want.shape:
+        raise GateError(f"{what} failed: output shape {tuple(got.shape)} differs from the reference's "
+                        f"{tuple(want.shape)}")
+    bad_got = int((~np.isfinite(got.reshape(n, -1))).any(1).sum()) if n else 0
+    bad_want = int((~np.isfinite(want.reshape(n, -1))).any(1).sum()) if n else 0
+    if bad_got or bad_want:
+        raise GateError(f"{what} failed: outputs are not finite (NaN or inf) on {max(bad_got, bad_want)} of {n} "
+                        f"images ({sides[0]} {bad_got}, {sides[1]} {bad_want})")
+    diff = float(np.abs(got.astype(np.float64) - want).max()) if got.size else 0.0
+    tol = atol * max(1.0, float(np.abs(want).max()) if want.size else 1.0)
+    agree = got.argmax(1) == want.argmax(1) if n else np.zeros(0, bool)
+    top2 = np.sort(want, axis=1)[:, -2:] if want.ndim == 2 and want.shape[1] > 1 else np.zeros((n, 2))
+    near = (top2[:, 1] - top2[:, 0]) <= 2 * tol
+    agreement = 100.0 * float(agree.mean()) if n else 100.0
+    out = {"batch": n, "max_abs_diff": diff, "tolerance": tol, "finite": True, "top1_agreement": round(agreement, 4),
+           "min_agreement": min_agreement, "near_ties": int(near.sum()), "near_tie_flips": int((near & ~agree).sum()),
+           "decisive_flips": int((~near & ~agree).sum())}
+    if diff > tol:
+        raise GateError(f"{what} failed: max |{sides[0]} - {sides[1]}| = {diff:.3g} > tolerance {tol:.3g} on {n} "
+                        f"images (top-1 agreement {agreement:.2f}%)")
+    if agreement < min_agreement:
+        raise GateError(f"{what} failed: top-1 agreement {agreement:.2f}% < {min_agreement}% on {n} images "
+                        f"({out['near_tie_flips']} flips among {out['near_ties']} near-ties, "
+                        f"{out['decisive_flips']} elsewhere)")
+    return out
 
 
 def check_parity(model, module: nn.Module, x: torch.Tensor, atol: float = PARITY_ATOL,
                  min_agreement: float = PARITY_MIN_AGREEMENT) -> dict[str, Any]:
-    """ONNX Runtime vs PyTorch on a real batch; GateError (exit 3) beyond tolerance.
-
-    Top-1 agreement is gated on decisive samples only (torch's top-2 margin above twice the
-    tolerance): a near-tie can flip within float rounding without anything being wrong.
-    """
+    """ONNX Runtime vs PyTorch on a real batch (`parity_figures`); GateError (exit 3) on failure."""
     with torch.no_grad():
         want = module.eval()(x).numpy()
     got = run_session(make_session(model), x.numpy())
-    diff = float(np.abs(got - want).max()) if got.size else 0.0
-    tol = atol * max(1.0, float(np.abs(want).max()) if want.size else 1.0)
-    agree = got.argmax(1) == want.argmax(1)
-    top2 = np.sort(want, axis=1)[:, -2:] if want.shape[1] > 1 else np.zeros((len(want), 2))
-    decisive = (top2[:, 1] - top2[:, 0]) > 2 * tol
-    agree_all = 100.0 * float(agree.mean()) if len(agree) else 100.0
-    agree_dec = 100.0 * float(agree[decisive].mean()) if decisive.any() else 100.0
-    out = {"batch": int(len(x)), "max_abs_diff": diff, "tolerance": tol, "top1_agreement": round(agree_all, 4),
-           "top1_agreement_decisive": round(agree_dec, 4), "min_agreement": min_agreement}
-    if diff > tol:
-        raise GateError(f"ONNX parity failed: max |ORT - torch| = {diff:.3g} > tolerance {tol:.3g} on {len(x)} images "
-                        f"(top-1 agreement {agree_all:.2f}%)")
-    if agree_dec < min_agreement:
-        raise GateError(f"ONNX parity failed: top-1 agreement {agree_dec:.2f}% < {min_agreement}% on {len(x)} images")
-    return out
+    return parity_figures(got, want, atol, min_agreement, "ONNX parity", ("ONNX Runtime", "torch"))
 
 
 def float_initializers(model) -> Iterable[tuple[str, np.ndarray]]:
@@ -174,7 +180,8 @@ def count_onnx_params(model) -> int:
 
 
 def check_graph(model, output_name: str, training_only: dict[str, torch.Tensor], expected_params: int,
-                expected_nodes: Optional[int] = None, forbidden_names: Sequence[str] = ("aux_heads", "kd_head")) -> dict:
+                expected_nodes: Optional[int] = None,
+                forbidden_names: Sequence[str] = ("aux_heads", "kd_head", "logit_head")) -> dict:
     """Graph check: one input `input` with a dynamic batch axis, exactly one output `output_name`,
     no weight taken from a training-only module (by name or by value), and the expected
     parameter count (that of the plain student exported the same way, plus any folded head)."""

@@ -1,4 +1,4 @@
-"""`run_export`: checkpoint -> surgery -> verified ONNX (+ INT8, engine or Jetson kit) + manifest.
+"""`run_export`: checkpoint -> surgery -> verified ONNX (+ FP16, INT8, engine or Jetson kit) + manifest.
 
 Everything is written into a staging directory beside `--out` and moved into place only when
 every check has passed, so a failure (exit 1 or 3) leaves nothing half-written.
@@ -6,8 +6,8 @@ every check has passed, so a failure (exit 1 or 3) leaves nothing half-written.
 
 from __future__ import annotations
 
-import dataclasses
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -19,44 +19,12 @@ import torch
 
 from edgekd import names
 from edgekd.errors import EdgekdError
-from edgekd.export.onnx import DEFAULT_OPSET, PARITY_ATOL, PARITY_MIN_AGREEMENT
-from edgekd.export.quantize import CALIB_METHODS, DEFAULT_CALIB_SIZE, DEFAULT_MAX_ACCURACY_DROP, INT8_TARGETS
+from edgekd.export.onnx import PARITY_MIN_AGREEMENT
+from edgekd.export.options import ExportOptions, validate_options
+from edgekd.export.tensorrt import ENGINE_FILE, ProofImages, TrtBuildOptions
+from edgekd.io import host_tag, owner_tag, pid_alive, remove_stale, write_error
 
-FORMATS = ("onnx", "tensorrt")
-TARGETS = ("cpu", "jetson")
-PRECISIONS = ("fp32", "fp16", "int8")
-ENGINE_FILE = getattr(names, "MODEL_ENGINE", "model.engine")
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """Options of `edgekd export` (DESIGN.md section 2); see the CLI help for each."""
-
-    ckpt: str
-    out: str
-    format: str = "onnx"
-    fold: Optional[str] = None  # exact | logit | ce | kd; default exact for a dual-head model
-    opset: int = DEFAULT_OPSET
-    int8: bool = False
-    int8_target: Optional[str] = None  # cpu (U8S8) | tensorrt (S8S8); default from --format/--target
-    calib_size: int = DEFAULT_CALIB_SIZE
-    calib_method: str = "minmax"
-    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP
-    keep_float_layers: bool = False
-    min_agreement: float = 99.0  # logit fold: top-1 agreement with the exact mix, percent
-    target: str = "cpu"
-    precision: str = "fp32"  # TensorRT builder precision
-    min_batch: int = 1
-    opt_batch: int = 8
-    max_batch: int = 64
-    workspace_mb: int = 1024
-    timing_cache: Optional[str] = None
-    dla_core: Optional[int] = None
-    data: Optional[str] = None  # override the checkpoint's data spec (e.g. the data moved)
-    verify_size: int = 256
-    parity_atol: float = PARITY_ATOL
-    simplify: bool = True
-    seed: int = 0
+__all__ = ["ExportOptions", "ExportResult", "validate_options", "run_export", "real_images"]
 
 
 @dataclass
@@ -67,24 +35,6 @@ class ExportResult:
     summary: list[str] = field(default_factory=list)
 
 
-def validate_options(o: ExportOptions) -> None:
-    """Reject bad option values before any work is done."""
-    checks = [(o.format in FORMATS, f"--format {o.format!r}: choose {' or '.join(FORMATS)}"),
-              (o.target in TARGETS, f"--target {o.target!r}: choose {' or '.join(TARGETS)}"),
-              (o.precision in PRECISIONS, f"--precision {o.precision!r}: choose one of {', '.join(PRECISIONS)}"),
-              (o.int8_target is None or o.int8_target in INT8_TARGETS,
-               f"--int8-target {o.int8_target!r}: choose {' or '.join(INT8_TARGETS)}"),
-              (o.calib_method in CALIB_METHODS, f"--calib-method {o.calib_method!r}: choose one of {', '.join(CALIB_METHODS)}"),
-              (o.calib_size > 0, "--calib-size must be > 0"),
-              (o.max_accuracy_drop >= 0, "--max-accuracy-drop must be >= 0"),
-              (0 <= o.min_agreement <= 100, "--min-agreement is a percentage (0..100)"),
-              (o.verify_size > 0, "verify_size must be > 0"),
-              (1 <= o.min_batch <= o.opt_batch <= o.max_batch, "batch sizes must satisfy 1 <= --min-batch <= --opt-batch <= --max-batch")]
-    for ok, msg in checks:
-        if not ok:
-            raise EdgekdError(msg)
-
-
 def make_staging_dir(out: Path) -> Path:
     """A fresh directory beside `out` (same filesystem, so the final move is a rename)."""
     if out.exists() and not out.is_dir():
@@ -93,18 +43,46 @@ def make_staging_dir(out: Path) -> Path:
         raise EdgekdError(f"--out {out} is not empty and holds no edgekd export; choose another directory")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        staging = out.parent / f".{out.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        restore_swapped_out(out)  # an export killed inside publish_dir
+        remove_stale(out.parent, name=out.name)  # staging folders of killed exports (their pid is dead)
+        staging = out.parent / f".{out.name}.staging-{owner_tag()}-{uuid.uuid4().hex[:8]}"
         staging.mkdir()  # not mkdtemp: its 0700 mode would end up on the published directory
         return staging
     except OSError as exc:
         raise EdgekdError(f"cannot write to output directory {out}: {exc.strerror or exc}") from None
 
 
+# `.OUT.old-<pid>@<host>`: the earlier export publish_dir swaps out (no host part: written before this rule)
+_OLD_RE = re.compile(r"^\.(?P<name>.+)\.old-(?P<pid>\d+)(?:@(?P<host>[A-Za-z0-9]*))?$")
+
+
+def restore_swapped_out(out: Path) -> None:
+    """Undo what an export killed inside `publish_dir` left beside `out` (its process is dead).
+
+    Killed between the two renames: `out` is gone and the earlier export sits at `.OUT.old-<pid>@<host>`;
+    it is put back (the killed export never finished, so the state before it is the one to keep; its
+    staging folder goes with `remove_stale`). Killed after the second rename: `out` is the new export
+    and the old one is deleted. A folder of a live process (an export publishing now) or of another
+    host is left alone.
+    """
+    olds = []
+    for p in out.parent.iterdir():
+        m = _OLD_RE.match(p.name)
+        if m and m["name"] == out.name and m["host"] in (None, host_tag()) and not pid_alive(int(m["pid"])):
+            olds.append(p)
+    for p in sorted(olds, key=lambda p: p.stat().st_mtime, reverse=True):  # the newest earlier export first
+        if not out.exists() and p.is_dir():
+            os.replace(p, out)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def publish_dir(staging: Path, out: Path) -> None:
-    """Replace `out` by `staging`: an earlier export there is swapped out, then deleted."""
+    """Replace `out` by `staging`: an earlier export there is swapped out, then deleted
+    (a kill between the steps is undone by the next export: `restore_swapped_out`)."""
     old = None
     if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        old = out.with_name(f".{out.name}.old-{owner_tag()}")
         os.replace(out, old)
     try:
         os.replace(staging, out)
@@ -116,7 +94,8 @@ def publish_dir(staging: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def real_images(data, split: str, n: Optional[int], mean, std, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, str]:
+def real_images(data, split: str, n: Optional[int], mean, std,
+                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Up to `n` normalised images (N, C, H, W) and labels of `split`, falling back to test if empty.
 
     A seeded subset when `n` is smaller than the split, so the images are the same on every run.
@@ -149,11 +128,20 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print, data=Non
         GateError: a verification gate failed (exit 3).
     """
     validate_options(opts)
+    if opts.format == "tensorrt" and opts.target != "jetson":
+        # the engine is built here: fail in one line, before minutes of surgery and ONNX export, when
+        # TensorRT, cuda-python or a CUDA GPU is missing (a Jetson build kit needs none of them)
+        from edgekd.runtime.engine import collect_runtime_info
+
+        collect_runtime_info()
     out = Path(opts.out)
     staging = make_staging_dir(out)
     try:
         result = _export_into(opts, staging, log, data)
         publish_dir(staging, out)
+    except OSError as exc:  # a full disk while an exporter writes into staging: one line, nothing left
+        shutil.rmtree(staging, ignore_errors=True)
+        raise write_error(out, exc) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -164,21 +152,63 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print, data=Non
 
 
 def _export_into(opts: ExportOptions, stage: Path, log, data) -> ExportResult:
-    from edgekd.data.dataset import load_dataset
-    from edgekd.export.manifest import build_manifest, embed_manifest
-    from edgekd.export.onnx import (check_graph, check_onnx, check_parity, count_onnx_params, export_onnx,
-                                    simplify_onnx)
-    from edgekd.io import sha256_file, write_json_atomic
-    from edgekd.models import build_model
-    from edgekd.models.profile import count_params
-    from edgekd.surgery import make_deploy_module
-    from edgekd.surgery.deploy import resolve_fold
-    from edgekd.surgery.strip import training_only_parameters
-    from edgekd.train.checkpoint import load_checkpoint, rebuild_training_model
-
     from edgekd.deps import require
+    from edgekd.export.manifest import build_manifest, embed_manifest
+    from edgekd.io import sha256_file, write_json_atomic
+    from edgekd.surgery import make_deploy_module
 
     onnx = require("onnx")
+    ckpt, model, data, input_shape = _load_run(opts, data)
+    mean, std = ckpt["mean"], ckpt["std"]
+    x, y, split = real_images(data, "val", opts.verify_size, mean, std, opts.seed)
+    log(f"edgekd export: {ckpt['model_name']} ({(ckpt.get('config') or {}).get('method', '?')}) from "
+        f"{ckpt['path']}; verifying on {len(x)} {split} images of {data.spec}")
+
+    # surgery: strip + fold, each proven on the real images
+    deploy, report = make_deploy_module(model, x, y, fold=opts.fold, min_agreement=opts.min_agreement,
+                                        max_accuracy_drop=opts.max_accuracy_drop)
+    log(report.summary())
+    proto, parity, graph, simplified = _verified_onnx(opts, ckpt, model, deploy, report, x, split, log)
+    parity["split"] = split
+
+    manifest = build_manifest(ckpt=ckpt, ckpt_sha256=sha256_file(ckpt["path"]), output_name=report.output_kind,
+                              opset=opts.opset, exporter="torchscript" if opts.opset <= 17 else "dynamo",
+                              surgery=report.to_dict(), parity=parity, graph=graph, simplified=simplified)
+    embed_manifest(proto, manifest)
+    files = {"onnx": stage / names.MODEL_ONNX}
+    onnx.save(proto, str(files["onnx"]))
+
+    # INT8 QDQ: by target flavour, with the accuracy budget on the validation split
+    want_int8 = opts.int8 or opts.precision == "int8"
+    if want_int8:
+        for_tensorrt = opts.format == "tensorrt" or opts.target == "jetson"
+        int8_target = opts.int8_target or ("tensorrt" if for_tensorrt else "cpu")
+        manifest["int8"] = _export_int8(opts, int8_target, files, stage, data, mean, std, manifest, log)
+    # FP16 (FP32 I/O): the strongly typed TensorRT FP16 build's input, and an artifact of its own
+    if opts.fp16 or opts.precision == "fp16":
+        manifest["fp16"] = _export_fp16(opts, files, stage, data, mean, std, manifest, log)
+
+    manifest_path = stage / names.MANIFEST_FILE
+    if opts.target == "jetson" or opts.format == "tensorrt":
+        _add_engine_outputs(opts, stage, files, manifest, input_shape, log, _proof_images(opts, files, x, y, split))
+    if opts.format == "openvino":  # IR from the verified ONNX files, proven again through OpenVINO
+        from edgekd.export.openvino import export_openvino
+
+        manifest["openvino"] = export_openvino(files, stage, deploy, x, real_images(data, "val", None, mean, std),
+                                               opts.max_accuracy_drop, opts.parity_atol, log)
+    manifest["files"] = {p.name: sha256_file(p) for p in files.values() if p.is_file() and p.parent == stage}
+    write_json_atomic(manifest_path, manifest)
+    files["manifest"] = manifest_path
+    return ExportResult(out_dir=stage, files=files, manifest=manifest)
+
+
+def _load_run(opts: ExportOptions, data) -> tuple[dict, Any, Any, tuple[int, int, int]]:
+    """The checkpoint, its rebuilt training model, the data to verify on, and the (C, H, W) input shape."""
+    from edgekd.data.dataset import load_dataset
+    from edgekd.data.images import View
+    from edgekd.surgery.deploy import resolve_fold
+    from edgekd.train.checkpoint import load_checkpoint, rebuild_training_model
+
     ckpt = load_checkpoint(opts.ckpt)
     model = rebuild_training_model(ckpt)
     resolve_fold(model, opts.fold)  # a fold that does not match the checkpoint fails before data is read
@@ -187,22 +217,24 @@ def _export_into(opts: ExportOptions, stage: Path, log, data) -> ExportResult:
         spec = opts.data or ckpt.get("data_spec") or cfg.get("data")
         if not spec:
             raise EdgekdError("the checkpoint names no dataset to verify the export on; pass --data SPEC")
-        data = load_dataset(spec, cfg.get("val_fraction", 0.1), cfg.get("split_seed", 0))
+        view = View.from_config(ckpt.get("view") or cfg)  # the fixed-size regime of the run, if any
+        data = load_dataset(spec, cfg.get("val_fraction", 0.1), cfg.get("split_seed", 0), view=view)
     input_shape = tuple(int(v) for v in ckpt["input_shape"])
     if tuple(data.input_shape) != input_shape:
         raise EdgekdError(f"dataset {data.spec} has images {data.input_shape}, the checkpoint expects {input_shape}")
-    mean, std = ckpt["mean"], ckpt["std"]
-    x, y, split = real_images(data, "val", opts.verify_size, mean, std, opts.seed)
-    log(f"edgekd export: {ckpt['model_name']} ({cfg.get('method', '?')}) from {ckpt['path']}; "
-        f"verifying on {len(x)} {split} images of {data.spec}")
+    return ckpt, model, data, input_shape  # type: ignore[return-value]
 
-    # surgery: strip + fold, each proven on the real images
-    deploy, report = make_deploy_module(model, x, y, fold=opts.fold, min_agreement=opts.min_agreement,
-                                        max_accuracy_drop=opts.max_accuracy_drop)
-    log(report.summary())
-    output_name = report.output_kind
 
-    # ONNX: export, check, simplify, parity, graph check against a plain student exported the same way
+def _verified_onnx(opts: ExportOptions, ckpt: dict, model, deploy, report, x: torch.Tensor, split: str, log):
+    """Export `deploy` to ONNX, check, simplify, prove parity with torch on `x`, and check the graph
+    against a plain student exported the same way (`split` names the images, for the log).
+    Returns (proto, parity, graph, simplified)."""
+    from edgekd.export.onnx import check_graph, check_onnx, check_parity, count_onnx_params, export_onnx, simplify_onnx
+    from edgekd.models import build_model
+    from edgekd.models.profile import count_params
+    from edgekd.surgery.strip import training_only_parameters
+
+    input_shape, output_name = tuple(int(v) for v in ckpt["input_shape"]), report.output_kind
     proto = export_onnx(deploy, input_shape, output_name, opts.opset)
     check_onnx(proto)
     simplified = False
@@ -222,48 +254,62 @@ def _export_into(opts: ExportOptions, stage: Path, log, data) -> ExportResult:
     extra = count_params(deploy) - count_params(plain)  # a folded second head (exact fold) adds its rows
     # training-only weights must not be in the graph; the KD head's are, by design, unless folded away (ce)
     forbidden = {k: v for k, v in training_only_parameters(model).items()
-                 if k.startswith("aux_heads.") or report.fold == "ce"}
+                 if not k.startswith("kd_head.") or report.fold == "ce"}
+    same_graph = extra == 0 and output_name == names.LOGITS_NAME
     graph = check_graph(proto, output_name, forbidden, count_onnx_params(plain_proto) + extra,
-                        expected_nodes=len(plain_proto.graph.node) if extra == 0 and output_name == names.LOGITS_NAME else None)
+                        expected_nodes=len(plain_proto.graph.node) if same_graph else None)
     log(f"onnx: opset {opts.opset}, {graph['nodes']} nodes, {graph['params']:,} params"
         f"{' (simplified)' if simplified else ''}; parity max |diff| {parity['max_abs_diff']:.2e}, "
         f"top-1 agreement {parity['top1_agreement']:.1f}% on {parity['batch']} {split} images")
-    parity["split"] = split
+    return proto, parity, graph, simplified
 
-    manifest = build_manifest(ckpt=ckpt, ckpt_sha256=sha256_file(ckpt["path"]), output_name=output_name,
-                              opset=opts.opset, exporter="torchscript" if opts.opset <= 17 else "dynamo",
-                              surgery=report.to_dict(), parity=parity, graph=graph, simplified=simplified)
-    embed_manifest(proto, manifest)
-    files = {"onnx": stage / names.MODEL_ONNX}
-    onnx.save(proto, str(files["onnx"]))
 
-    # INT8 QDQ: by target flavour, with the accuracy budget on the validation split
-    want_int8 = opts.int8 or opts.precision == "int8"
-    if want_int8:
-        int8_target = opts.int8_target or ("tensorrt" if opts.format == "tensorrt" or opts.target == "jetson" else "cpu")
-        manifest["int8"] = _export_int8(opts, int8_target, files, stage, data, mean, std, manifest, log)
+def _proof_images(opts: ExportOptions, files: dict[str, Path], x: torch.Tensor, y: torch.Tensor,
+                  split: str) -> ProofImages:
+    """The engine proof's images: the verification images with ONNX Runtime FP32's outputs of model.onnx."""
+    from edgekd.export.onnx import make_session, run_session
 
-    engine_src = files.get("int8") if opts.precision == "int8" else files["onnx"]
-    manifest_path = stage / names.MANIFEST_FILE
+    xs = x.numpy()
+    return ProofImages(x=xs, y=y.numpy(), reference=run_session(make_session(files["onnx"]), xs),
+                       max_accuracy_drop=opts.max_accuracy_drop, split=split)
+
+
+def _add_engine_outputs(opts: ExportOptions, stage: Path, files: dict[str, Path], manifest: dict,
+                        input_shape: tuple[int, int, int], log, proof: ProofImages) -> None:
+    """`--target jetson`: the build kit; `--format tensorrt`: the engine built (and proven) here.
+
+    The TensorRT release decides which ONNX the engine is built from (edgekd.runtime.trt_version):
+    the kit's `--jetpack`, or the TensorRT installed here. Updates `files`, `manifest`.
+    """
+    from edgekd.io import write_json_atomic
+
+    by_name = {p.name: p for p in files.values()}
     if opts.target == "jetson":
-        jetson = _import_optional("edgekd.export.jetson", "the Jetson build kit (--target jetson)")
+        from edgekd.export.jetson import write_build_kit
+        from edgekd.runtime.trt_version import policy_for_jetpack
+
+        engine_src = by_name[policy_for_jetpack(opts.jetpack).onnx_file(opts.precision)]
+        manifest_path = stage / names.MANIFEST_FILE
         write_json_atomic(manifest_path, manifest)  # the kit copies the manifest
-        before = set(stage.iterdir())
-        jetson.write_build_kit(engine_src, manifest_path, stage, _trt_options(opts), input_shape)
-        kit = sorted(p for p in stage.iterdir() if p not in before)
-        files.update({f"kit:{p.name}": p for p in kit})
-        manifest["jetson"] = {"build_kit": [p.name for p in kit], "onnx": engine_src.name, "precision": opts.precision}
-        log(f"jetson: build kit {', '.join(p.name for p in kit)} (build the engine on the device)")
+        before = set(stage.rglob("*"))
+        write_build_kit(engine_src, manifest_path, stage, _trt_options(opts), input_shape, jetpack=opts.jetpack,
+                        proof=proof, output_name=manifest["output"]["name"])
+        kit = sorted(p for p in stage.rglob("*") if p not in before and p.is_file())
+        files.update({f"kit:{p.relative_to(stage)}": p for p in kit})
+        manifest["jetson"] = {"build_kit": [str(p.relative_to(stage)) for p in kit], "onnx": engine_src.name,
+                              "precision": opts.precision, "jetpack": opts.jetpack}
+        log(f"jetson: build kit for JetPack {opts.jetpack} from {engine_src.name}: "
+            f"{', '.join(str(p.relative_to(stage)) for p in kit)} (build and prove the engine on the device)")
     elif opts.format == "tensorrt":
-        trt = _import_optional("edgekd.export.tensorrt", "TensorRT export (--format tensorrt)")
+        from edgekd.export.tensorrt import build_engine, installed_tensorrt
+
+        policy = installed_tensorrt()
+        engine_src = by_name[policy.onnx_file(opts.precision)]
         files["engine"] = stage / ENGINE_FILE
-        info = trt.build_engine(engine_src, files["engine"], _trt_options(opts), input_shape)
+        info = build_engine(engine_src, files["engine"], _trt_options(opts), input_shape, proof=proof)
         manifest["tensorrt"] = {"engine": ENGINE_FILE, "onnx": engine_src.name, **(info or {})}
-        log(f"tensorrt: engine {ENGINE_FILE} ({opts.precision})")
-    manifest["files"] = {p.name: sha256_file(p) for p in files.values() if p.is_file() and p.parent == stage}
-    write_json_atomic(manifest_path, manifest)
-    files["manifest"] = manifest_path
-    return ExportResult(out_dir=stage, files=files, manifest=manifest)
+        log(f"tensorrt: engine {ENGINE_FILE} ({opts.precision}, {policy.describe()}), proven on "
+            f"{info['proof']['n']} {proof.split} images against ONNX Runtime FP32")
 
 
 def _export_int8(opts: ExportOptions, target: str, files: dict[str, Path], stage: Path, data, mean, std,
@@ -276,7 +322,8 @@ def _export_int8(opts: ExportOptions, target: str, files: dict[str, Path], stage
     onnx = require("onnx")
     calib_x, _, calib_split = real_images(data, "train", opts.calib_size, mean, std, opts.seed)
     files["int8"] = stage / names.MODEL_INT8_ONNX
-    info = quantize_int8(files["onnx"], files["int8"], calib_x.numpy(), target, opts.calib_method, opts.keep_float_layers)
+    info = quantize_int8(files["onnx"], files["int8"], calib_x.numpy(), target, opts.calib_method,
+                         opts.keep_float_layers, output_kind=manifest["output"]["kind"])
     info["calib_split"] = calib_split
     xv, yv, split = real_images(data, "val", None, mean, std)
     budget = check_accuracy_budget(make_session(files["onnx"]), make_session(files["int8"]), xv.numpy(), yv.numpy(),
@@ -285,28 +332,40 @@ def _export_int8(opts: ExportOptions, target: str, files: dict[str, Path], stage
     log(f"int8: QDQ {info['flavour']} ({info['activations']} activations, target {target}), {info['calib_method']} "
         f"calibration on {info['calib_size']} train images; top-1 {budget['int8_top1']:.2f}% vs FP32 "
         f"{budget['fp32_top1']:.2f}% on {budget['n']} {split} images (drop {budget['drop_points']:.2f} <= "
-        f"{opts.max_accuracy_drop})")
+        f"{opts.max_accuracy_drop}){'; probability mix kept in float' if info['output'].startswith('float') else ''}")
     q = onnx.load(str(files["int8"]))
     embed_manifest(q, {**manifest, "int8": info})
     onnx.save(q, str(files["int8"]))
     return info
 
 
-def _import_optional(module: str, what: str):
-    import importlib
-    import importlib.util
+def _export_fp16(opts: ExportOptions, files: dict[str, Path], stage: Path, data, mean, std, manifest: dict,
+                 log) -> dict:
+    """model.fp16.onnx with its accuracy budget and parity on the whole validation split (as INT8's)."""
+    from edgekd.deps import require
+    from edgekd.export.fp16 import check_fp16_budget, convert_fp16
+    from edgekd.export.manifest import embed_manifest
+    from edgekd.export.onnx import make_session
 
-    if importlib.util.find_spec(module) is None:
-        raise EdgekdError(f"{what} is not available in this build of edgekd ({module} is missing)")
-    return importlib.import_module(module)
+    onnx = require("onnx")
+    files["fp16"] = stage / names.MODEL_FP16_ONNX
+    info = convert_fp16(files["onnx"], files["fp16"])
+    xv, yv, split = real_images(data, "val", None, mean, std)
+    budget = check_fp16_budget(make_session(files["onnx"]), make_session(files["fp16"]), xv.numpy(), yv.numpy(),
+                               opts.max_accuracy_drop, split)
+    info["accuracy"] = budget
+    log(f"fp16: {info['fp16_initializers']} FP16 weights, FP32 I/O; top-1 {budget['fp16_top1']:.2f}% vs FP32 "
+        f"{budget['fp32_top1']:.2f}% on {budget['n']} {split} images (drop {budget['drop_points']:.2f} <= "
+        f"{opts.max_accuracy_drop}), max |diff| {budget['max_abs_diff']:.2e}, top-1 agreement "
+        f"{budget['top1_agreement']:.1f}%")
+    half = onnx.load(str(files["fp16"]))
+    embed_manifest(half, {**manifest, "fp16": info})
+    onnx.save(half, str(files["fp16"]))
+    return info
 
 
-def _trt_options(opts: ExportOptions):
-    """`TrtBuildOptions` from the export options (only the fields that class declares)."""
-    trt = _import_optional("edgekd.export.tensorrt", "TensorRT build options")
-    cls = trt.TrtBuildOptions
-    wanted = dict(precision=opts.precision, min_batch=opts.min_batch, opt_batch=opts.opt_batch,
-                  max_batch=opts.max_batch, workspace_mb=opts.workspace_mb, timing_cache=opts.timing_cache,
-                  dla_core=opts.dla_core, target=opts.target, int8=opts.precision == "int8")
-    fields = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in wanted.items() if k in fields})
+def _trt_options(opts: ExportOptions) -> TrtBuildOptions:
+    """`TrtBuildOptions` from the export options."""
+    return TrtBuildOptions(precision=opts.precision, min_batch=opts.min_batch, opt_batch=opts.opt_batch,
+                           max_batch=opts.max_batch, workspace_mb=opts.workspace_mb, timing_cache=opts.timing_cache,
+                           dla_core=opts.dla_core)

@@ -1,12 +1,18 @@
 """INT8 export: ONNX Runtime static quantization in QDQ form, with an accuracy budget.
 
 Weights are int8, symmetric, per output channel. The activation flavour follows the target
-(DESIGN.md section 6, measured on this project's x86 CPUs):
+(docs/architecture.md, "INT8 flavour", measured on this project's x86 CPUs):
 - `cpu` -> U8S8: uint8 asymmetric activations. ORT's x86 kernels run it ~1.8x faster than FP32.
 - `tensorrt` -> S8S8: int8 symmetric activations, the explicit-quantization form TensorRT needs
   (on ORT's CPU kernels it runs slower than FP32, so it is never the CPU default).
 Calibration uses images from the training split; the budget compares INT8 top-1 with FP32 top-1
 on the validation split and raises GateError (exit 3) when the drop is too large.
+
+A model that emits probabilities (the exact DHO fold: two softmaxes mixed after one GEMM) keeps
+that tail in float: quantized, the probabilities would be multiples of one uint8 step (about 70
+distinct values on a 10-class model, rows no longer summing to 1, ties in the top-1). The GEMM
+itself is quantized; its output is dequantized and the split, softmaxes and mix run in FP32, so
+the budget and the parity figures judge real probabilities (`float_tail_nodes`).
 """
 
 from __future__ import annotations
@@ -53,10 +59,25 @@ def sensitive_nodes(model) -> list[str]:
     return ([convs[0]] if convs else []) + ([gemms[-1]] if gemms else [])
 
 
+def float_tail_nodes(model) -> list[str]:
+    """Names of every node downstream of the last Gemm/MatMul: a probability model's softmax mix."""
+    gemms = [n for n in model.graph.node if n.op_type in ("Gemm", "MatMul")]
+    if not gemms:
+        return []
+    live, tail = set(gemms[-1].output), []
+    for node in model.graph.node:  # ONNX graphs are stored in topological order
+        if any(i in live for i in node.input):
+            tail.append(node.name)
+            live.update(node.output)
+    return tail
+
+
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_x: np.ndarray, target: str = "cpu",
-                  method: str = "minmax", keep_float_layers: bool = False) -> dict[str, Any]:
+                  method: str = "minmax", keep_float_layers: bool = False,
+                  output_kind: str = "logits") -> dict[str, Any]:
     """Quantize an FP32 ONNX model to QDQ INT8 at `out_path`, calibrated on `calib_x` (N, C, H, W).
 
+    `output_kind="probs"` keeps the nodes after the last GEMM in float (see the module docstring).
     Returns what was made: flavour, calibration method and size, excluded nodes, QDQ node count.
     """
     if target not in INT8_TARGETS:
@@ -78,6 +99,8 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_x: np.ndarr
             q.quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
         fp32 = onnx.load(str(pre))
         exclude = sensitive_nodes(fp32) if keep_float_layers else []
+        tail = float_tail_nodes(fp32) if output_kind == "probs" else []
+        exclude += [n for n in tail if n not in exclude]
         input_name = fp32.graph.input[0].name
         extra = {"WeightSymmetric": True, "ActivationSymmetric": flavour == "S8S8"}
         with contextlib.redirect_stdout(io.StringIO()), _quiet_ort_logging():
@@ -93,7 +116,9 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_x: np.ndarr
             "activations": "uint8 asymmetric" if flavour == "U8S8" else "int8 symmetric",
             "weights": "int8 symmetric per-channel", "calib_method": method, "calib_size": int(len(calib_x)),
             "calib_split": "train", "keep_float_layers": bool(keep_float_layers), "float_nodes": exclude,
-            "qdq_nodes": int(n_qdq)}
+            "qdq_nodes": int(n_qdq), "output_kind": output_kind,
+            "output": ("float: the probability mix after the last GEMM runs in FP32 on dequantized logits"
+                       if tail else "dequantized from the last quantized layer")}
 
 
 @contextlib.contextmanager
@@ -108,25 +133,46 @@ def _quiet_ort_logging():
         root.setLevel(level)
 
 
-def top1(session, x: np.ndarray, y: np.ndarray, batch: int = 256) -> tuple[float, np.ndarray]:
-    """Top-1 (percent) of a session on (x, y), and its predictions."""
-    from edgekd.export.onnx import run_session
+def run_session(session, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Run a one-input one-output session over `x` in chunks of `batch` (here, not in export.onnx,
+    which imports torch and this module's constants)."""
+    name = session.get_inputs()[0].name
+    outs = [session.run(None, {name: np.ascontiguousarray(x[i:i + batch], dtype=np.float32)})[0]
+            for i in range(0, len(x), batch)]
+    return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
 
-    pred = run_session(session, x, batch).argmax(1)
-    return 100.0 * float((pred == y).mean()), pred
+
+def top1(session, x: np.ndarray, y: np.ndarray, batch: int = 256) -> tuple[float, np.ndarray, int, int]:
+    """Top-1 (percent) of a session on (x, y), its predictions, how many rows are exact top-2 ties,
+    and how many rows hold a non-finite output.
+
+    A tie is decided by argmax's first index, not by the model: counted so a quantized output
+    (whose values fall on a grid) cannot pass the budget on ties unnoticed.
+    """
+    out = run_session(session, x, batch)
+    pred = out.argmax(1)
+    top2 = np.sort(out, axis=1)[:, -2:] if out.ndim == 2 and out.shape[1] > 1 else None
+    ties = int((top2[:, 1] == top2[:, 0]).sum()) if top2 is not None else 0
+    nonfinite = int((~np.isfinite(out.reshape(len(out), -1))).any(1).sum()) if len(out) else 0
+    return 100.0 * float((pred == y).mean()), pred, ties, nonfinite
 
 
 def check_accuracy_budget(fp32_session, int8_session, x: np.ndarray, y: np.ndarray, max_drop: float,
                           split: str = "val") -> dict[str, Any]:
-    """INT8 top-1 vs FP32 top-1 on (x, y); GateError (exit 3) when it drops more than `max_drop` points."""
+    """INT8 top-1 vs FP32 top-1 on (x, y); GateError (exit 3) when it drops more than `max_drop` points
+    or when either model's outputs are not finite. The outputs are compared in the model's own
+    space: logits, or float probabilities for a `probs` model (its mix is kept in float)."""
     if len(x) == 0:
         raise EdgekdError("the INT8 accuracy budget needs labelled validation images; the split is empty")
-    acc32, p32 = top1(fp32_session, x, y)
-    acc8, p8 = top1(int8_session, x, y)
+    acc32, p32, _, bad32 = top1(fp32_session, x, y)
+    acc8, p8, ties, bad8 = top1(int8_session, x, y)
+    if bad32 or bad8:
+        raise GateError(f"INT8 accuracy budget failed: outputs are not finite on {max(bad32, bad8)} of {len(x)} "
+                        f"{split} images (INT8 {bad8}, FP32 {bad32})")
     drop = acc32 - acc8
     out = {"split": split, "n": int(len(x)), "fp32_top1": round(acc32, 4), "int8_top1": round(acc8, 4),
            "drop_points": round(drop, 4), "max_accuracy_drop": max_drop,
-           "top1_agreement": round(100.0 * float((p32 == p8).mean()), 4)}
+           "top1_agreement": round(100.0 * float((p32 == p8).mean()), 4), "int8_top2_ties": ties}
     if drop > max_drop:
         raise GateError(f"INT8 accuracy budget exceeded: top-1 {acc8:.2f}% (INT8) vs {acc32:.2f}% (FP32) on {len(x)} "
                         f"{split} images, a drop of {drop:.2f} points > --max-accuracy-drop {max_drop}")

@@ -9,6 +9,10 @@ Each classifier maps one stage's feature map (N, C_i, H_i, W_i) to logits over 4
 - `light`: one conv block (3x3 stride 2, BN, ReLU) to the deepest stage's width, pooling and a
   Linear(width, 4*C); a few percent of the backbone's compute.
 
+After the last stage the `hsakd` style has no later stages to copy (pooling and the linear alone);
+HSAKD itself puts an extra stride-1 stage there, which `lsskd.deepest_branch` adds
+(`build_deepest_branch`): with it and the default stages the layout is exactly HSAKD's.
+
 Classifiers live in `TrainingModel.aux_heads` keyed by `str(stage index)` and never in the
 `Student`; surgery drops them for inference.
 """
@@ -22,9 +26,8 @@ import torch
 from torch import nn
 
 from edgekd.config import LSSKDConfig
-from edgekd.errors import ConfigError, EdgekdError
+from edgekd.errors import ConfigError, EdgekdError, first_line
 from edgekd.models.student import ModuleStudent, Student, conv_bn, init_weights
-from edgekd.train.model import TrainingModel
 
 BRANCHES = ("hsakd", "light")
 ROTATIONS = 4  # 0/90/180/270 degrees: joint labels have ROTATIONS * num_classes entries
@@ -108,19 +111,82 @@ def build_aux_head(student: Student, stage: int, num_classes: int, branch: str =
         out_channels = _output_channels(features, channels, spatial)
     except RuntimeError as exc:
         raise EdgekdError(f"cannot build an hsakd aux classifier after stage {stage}: the copied stages do not "
-                          f"chain ({str(exc).splitlines()[0][:100]}); use lsskd.branch=light") from None
+                          f"chain ({first_line(exc, 100)}); use lsskd.branch=light") from None
     return AuxClassifier(features, out_channels, ROTATIONS * num_classes)
 
 
-def attach_aux_heads(model: TrainingModel, cfg: LSSKDConfig, num_classes: int) -> TrainingModel:
-    """Add one aux classifier per configured stage to `model.aux_heads` (keys `str(stage)`); returns `model`.
+@torch.no_grad()
+def _keeps_shape(block: nn.Module, channels: int, spatial: int) -> bool:
+    """Whether `block` maps (1, channels, spatial, spatial) to the same shape (a dry run in eval mode)."""
+    was = block.training
+    block.eval()
+    try:
+        out = block(torch.zeros(1, channels, spatial, spatial))
+    except RuntimeError:
+        return False
+    finally:
+        block.train(was)
+    return tuple(out.shape) == (1, channels, spatial, spatial)
 
-    Reusable by any method that wants LSSKD's auxiliary classifiers (e.g. DHO + LSSKD).
+
+def build_deepest_branch(student: Student, num_classes: int) -> AuxClassifier:
+    """HSAKD's deepest branch: the aux classifier after the last stage (HSAKD's `block_extractor3`).
+
+    HSAKD repeats the last stage's block at stride 1 and at the same width (n blocks for a stage of
+    n), then pools and classifies over 4*C joint labels. Here: as many fresh copies of the last
+    stage's last block as the stage has blocks (that block keeps the feature shape in a CIFAR
+    ResNet: stride 1, no projection shortcut), then a fresh copy of the neck. A one-block stage
+    (whose block downsamples) gets a new block of the same class at stride 1 instead.
     """
-    for s in resolve_aux_stages(model.student, cfg.stages):
-        model.aux_heads[str(s)] = build_aux_head(model.student, s, num_classes, cfg.branch)
+    last = stage_modules(student)[-1]
+    blocks = list(last.children()) if isinstance(last, nn.Sequential) and len(last) else [last]
+    channels = student.stage_info[-1].channels
+
+    def block() -> nn.Module:
+        copied = _fresh_copy(blocks[-1])
+        if _keeps_shape(copied, channels, 4):
+            return copied
+        # a stage of one downsampling block (resnet8): its class at stride 1 and the stage width, as HSAKD
+        # builds for its resnet8x4; zoo blocks take (cin, cout, stride)
+        try:
+            rebuilt = type(blocks[-1])(channels, channels, 1)
+        except TypeError:
+            rebuilt = None
+        if rebuilt is None or not _keeps_shape(rebuilt, channels, 4):
+            raise EdgekdError(f"cannot build HSAKD's deepest branch: the last block of the last stage does not keep "
+                              f"its {channels}-channel feature shape at stride 1 in this model; "
+                              f"set lsskd.deepest_branch=false")
+        init_weights(rebuilt)
+        return rebuilt
+
+    neck = student.neck if isinstance(getattr(student, "neck", None), nn.Module) else nn.Identity()
+    features = nn.Sequential(*[block() for _ in blocks], _fresh_copy(neck))
+    return AuxClassifier(features, _output_channels(features, channels, 4), ROTATIONS * num_classes)
+
+
+def build_aux_heads(student: Student, cfg: LSSKDConfig, num_classes: int) -> nn.ModuleDict:
+    """One aux classifier per configured stage, keyed `str(stage)` (what `TrainingModel.aux_heads` holds).
+
+    With `cfg.deepest_branch` the last stage also gets one, HSAKD's (`build_deepest_branch`).
+    """
+    last = len(student.stage_info) - 1
+    stages = resolve_aux_stages(student, cfg.stages)
+    heads = {str(s): build_aux_head(student, s, num_classes, cfg.branch)
+             for s in stages if not (cfg.deepest_branch and s == last)}
+    if cfg.deepest_branch:
+        heads[str(last)] = build_deepest_branch(student, num_classes)
+    return nn.ModuleDict(heads)
+
+
+def attach_aux_heads(model: nn.Module, cfg: LSSKDConfig, num_classes: int) -> nn.Module:
+    """Add `build_aux_heads(model.student, ...)` to `model.aux_heads`; returns `model`.
+
+    `model` is a `edgekd.train.model.TrainingModel` (any module with `student` and an
+    `aux_heads` ModuleDict): this package builds modules and does not import the training code.
+    """
+    model.aux_heads.update(build_aux_heads(model.student, cfg, num_classes))
     return model
 
 
-__all__ = ["AuxClassifier", "BRANCHES", "ROTATIONS", "attach_aux_heads", "build_aux_head",
-           "resolve_aux_stages", "stage_modules"]
+__all__ = ["AuxClassifier", "BRANCHES", "ROTATIONS", "attach_aux_heads", "build_aux_head", "build_aux_heads",
+           "build_deepest_branch", "resolve_aux_stages", "stage_modules"]

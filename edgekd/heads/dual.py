@@ -3,7 +3,7 @@
 DHO (Kang et al. 2025, "Simple yet Effective Semi-supervised Knowledge Distillation from
 Vision-Language Models via Dual-Head Optimization"): two heads on the same pooled feature; the
 CE head is the `Student`'s own `head`, the KD head lives in `TrainingModel.kd_head`. At inference
-the heads' *probabilities* are mixed (DESIGN.md section 3):
+the heads' *probabilities* are mixed (docs/architecture.md, "Methods"):
 
     p = a * softmax(z_ce) + (1 - a) * softmax(z_kd / b)
 
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# DESIGN.md section 3: a in 0..1 step 0.05, b in {0.5, 0.75, 1, 1.25, 1.5, 2, 4}
+# docs/architecture.md, "Methods": a in 0..1 step 0.05, b in {0.5, 0.75, 1, 1.25, 1.5, 2, 4}
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(21))
 DEFAULT_BETAS: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 4.0)
 

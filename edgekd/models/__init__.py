@@ -6,7 +6,9 @@ from functools import partial
 from typing import Callable
 
 from edgekd.errors import EdgekdError
+from edgekd.models.imagenet import imagenet_resnet
 from edgekd.models.mobilenet import mobilenet_v2
+from edgekd.models.mobilenet_imagenet import mobilenet_v2_224, mobilenet_v3_small
 from edgekd.models.resnet import cifar_resnet
 from edgekd.models.student import ModuleStudent, StageInfo, Student
 from edgekd.models.tiny import tiny
@@ -24,7 +26,15 @@ ZOO: dict[str, Callable[..., Student]] = {
     "wrn_16_2": partial(wide_resnet, 16, 2),
     "wrn_40_2": partial(wide_resnet, 40, 2),
     "mobilenetv2": mobilenet_v2,
+    # ImageNet layout (stride-4 stem), for 160-320 px inputs: edgekd.models.imagenet, mobilenet_imagenet
+    "resnet18": partial(imagenet_resnet, 18),
+    "resnet34": partial(imagenet_resnet, 34),
+    "mobilenetv2_224": mobilenet_v2_224,
+    "mobilenetv3_small": mobilenet_v3_small,
 }
+
+# The input side each model is built for (README zoo table, `edgekd info --zoo`); 32 when not listed.
+NATIVE_SIZE: dict[str, int] = {"resnet18": 224, "resnet34": 224, "mobilenetv2_224": 224, "mobilenetv3_small": 224}
 
 
 def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> Student:
@@ -35,4 +45,9 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> Stude
     return ZOO[key](num_classes=num_classes, in_channels=in_channels)
 
 
-__all__ = ["ZOO", "build_model", "Student", "StageInfo", "ModuleStudent"]
+def native_size(name: str) -> int:
+    """The input side a zoo model is designed for: 224 for the ImageNet layout, 32 for the CIFAR zoo."""
+    return NATIVE_SIZE.get(name.lower().replace("-", "_"), 32)
+
+
+__all__ = ["ZOO", "NATIVE_SIZE", "build_model", "native_size", "Student", "StageInfo", "ModuleStudent"]

@@ -107,9 +107,12 @@ class ModuleStudent(Student):
         self.stage_names, self.head_name = tuple(stage_names), head_name
         self.feature_dim, self.num_classes = head.in_features, head.out_features
         self._captured: list[torch.Tensor] = []
+        self._capturing = False  # only `forward_features` captures: a plain forward or head(pooled) leaves no residue
+        # bound methods, not lambdas: `copy.deepcopy` rebinds a bound method to the copy, so a copied
+        # student (surgery strips and folds copies) captures into its own list, not the original's
         for n in stage_names:
-            mods[n].register_forward_hook(lambda _m, _i, out: self._captured.append(out))
-        head.register_forward_hook(lambda _m, inp, _o: self._captured.append(inp[0]))
+            mods[n].register_forward_hook(self._keep_output)
+        head.register_forward_hook(self._keep_input)
         with torch.no_grad():
             was = module.training
             module.eval()
@@ -117,18 +120,34 @@ class ModuleStudent(Student):
             module.train(was)
         self.stage_info = tuple(StageInfo(f.shape[1], input_shape[-1] // f.shape[-1]) for f in feats)
 
+    def _keep_output(self, _module: nn.Module, _inputs, output: torch.Tensor) -> None:
+        if self._capturing:
+            self._captured.append(output)
+
+    def _keep_input(self, _module: nn.Module, inputs, _output) -> None:
+        if self._capturing:
+            self._captured.append(inputs[0])
+
     @property
     def head(self) -> nn.Linear:  # type: ignore[override]
         return dict(self.net.named_modules())[self.head_name]
 
+    def set_head(self, head: nn.Linear) -> None:
+        """Replace the named head in the wrapped module (surgery's folds), keeping the pooled-feature capture."""
+        parent_name, _, leaf = self.head_name.rpartition(".")
+        parent = self.net.get_submodule(parent_name) if parent_name else self.net
+        setattr(parent, leaf, head)
+        head.register_forward_hook(self._keep_input)
+        self.num_classes = head.out_features
+
     def forward_features(self, x):
-        self._captured = []
-        self.net(x)
+        self._captured, self._capturing = [], True
+        try:
+            self.net(x)
+        finally:
+            self._capturing = False
         got, self._captured = self._captured, []
         return got[:-1], got[-1]
 
     def forward(self, x):
-        self._captured = []
-        out = self.net(x)
-        self._captured = []
-        return out
+        return self.net(x)

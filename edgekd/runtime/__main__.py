@@ -1,4 +1,4 @@
-"""`edgekd-run MODEL IMAGE|DIR... [--top-k K] [--json] [--batch-size N] [--threads N]`.
+"""`edgekd-run MODEL IMAGE|DIR... [--top-k K] [--json] [--batch-size N] [--threads N] [--backend ort|openvino|trt]`.
 
 Also `python -m edgekd.runtime`. argparse only (no typer: the device install has no CLI extras).
 Exit codes: 0 every image classified; 1 a user error (`error: ...` on stderr, one line each: bad
@@ -14,21 +14,31 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from edgekd.errors import EdgekdError
+from edgekd.runtime.classifier import RUNTIME_BACKENDS
+from edgekd.runtime.openvino import DEFAULT_PRECISION_HINT, PRECISION_HINTS
+from edgekd.runtime.session import provider_names
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edgekd-run",
-        description="Classify images with an exported edgekd model (model.onnx + manifest.json, or a TensorRT "
-                    "engine). Needs only numpy, onnxruntime and Pillow.")
-    p.add_argument("model", help="model.onnx, or a TensorRT engine (.engine/.plan/.trt) with manifest.json beside it")
+        description="Classify images with an exported edgekd model (model.onnx + manifest.json, OpenVINO IR, or a "
+                    "TensorRT engine). Needs only numpy, onnxruntime and Pillow (openvino for --backend openvino).")
+    p.add_argument("model", help="model.onnx, OpenVINO IR model.xml, or a TensorRT engine (.engine/.plan/.trt), "
+                                 "with manifest.json beside it")
     p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR",
                    help="image files, or directories searched recursively for .jpg/.jpeg/.png/.bmp/.ppm/.pgm/.webp")
     p.add_argument("--top-k", type=int, default=1, metavar="K", help="classes to report per image (default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text lines")
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per inference call (default 32)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="ONNX Runtime intra-op threads (default: one per core)")
+                   help="ONNX Runtime intra-op threads or OpenVINO inference threads (default: one per core)")
+    p.add_argument("--backend", choices=RUNTIME_BACKENDS, default=None,
+                   help="ort (ONNX Runtime), openvino (ONNX or OpenVINO IR model.xml; pip install openvino) or trt "
+                        "(default from the file: .engine/.plan/.trt -> trt, .xml -> openvino, else ort)")
+    p.add_argument("--precision-hint", choices=PRECISION_HINTS, default=DEFAULT_PRECISION_HINT,
+                   help="OpenVINO: compute in f32 or bf16 (faster on CPUs with AVX-512-BF16/AMX; not bit-exact) "
+                        f"(default {DEFAULT_PRECISION_HINT})"),
     p.add_argument("--providers", default=None, metavar="LIST",
                    help="ONNX Runtime execution providers, comma-separated: cpu, cuda, tensorrt, or full names "
                         "(default cpu; cuda/tensorrt need an onnxruntime-gpu build)")
@@ -59,14 +69,11 @@ def _expand_inputs(inputs: Sequence[str], errors: list) -> list[Path]:
     return files
 
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
-
-
 def parse_providers(text: Optional[str]) -> Optional[list[str]]:
     """`cuda,cpu` -> ONNX Runtime provider names, in order; None for the default (CPU)."""
     if not text:
         return None
-    return [PROVIDERS.get(p.strip().lower(), p.strip()) for p in text.split(",") if p.strip()]
+    return provider_names(text.split(",")) or None
 
 
 def _fail(msg: str) -> None:
@@ -80,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k < 1 or args.batch_size < 1 or (args.threads is not None and args.threads < 1):
         _fail("--top-k, --batch-size and --threads must be at least 1")
         return 2
-    clf = Classifier(args.model, manifest=args.manifest, threads=args.threads, providers=parse_providers(args.providers))
+    clf = Classifier(args.model, manifest=args.manifest, threads=args.threads,
+                     providers=parse_providers(args.providers), backend=args.backend,
+                     precision_hint=args.precision_hint)
     errors: list = []
     files = _expand_inputs(args.inputs, errors)
     for _, msg in errors:
@@ -101,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{r.path}\t{tops}", flush=False)
     if args.json:
         m = clf.manifest
-        doc = {"model": str(clf.path), "manifest": m.source, "output_kind": m.output_kind,
+        doc = {"model": str(clf.path), "backend": clf.backend_name, "manifest": m.source,
+               "output_kind": m.output_kind,
                "input_shape": list(m.input_shape), "results": records,
                "errors": [{"file": str(p), "error": e} for p, e in errors]}
         json.dump(doc, sys.stdout, indent=1)

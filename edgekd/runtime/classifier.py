@@ -1,8 +1,11 @@
 """`Classifier`: a model file + its manifest -> class predictions for image files or arrays.
 
-ONNX models run with ONNX Runtime; TensorRT engines (`.engine`, `.plan`, `.trt`) through
-`edgekd.export.tensorrt.TrtEngine`, imported only when such a file is given. The manifest is
-checked against the model's graph (input shape, class count, output kind) before anything runs.
+ONNX models run with ONNX Runtime (a session from `edgekd.runtime.session.open_session`) or, with
+`backend="openvino"`, with OpenVINO (`edgekd.runtime.openvino.OpenVinoModel`, which also runs
+OpenVINO IR `model.xml`); TensorRT engines (`.engine`, `.plan`, `.trt`) through
+`edgekd.runtime.engine.TrtEngine`. TensorRT, cuda-python and OpenVINO are imported only when used.
+The manifest is checked against the model file (the sha256 the export recorded, the embedded copy's
+source checkpoint) and its graph (input shape, class count, output kind) before anything runs.
 """
 
 from __future__ import annotations
@@ -13,17 +16,31 @@ from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from edgekd.errors import EdgekdError, MissingDependencyError
+from edgekd.errors import EdgekdError, first_line
 from edgekd.names import INPUT_NAME, OUTPUT_KINDS
-from edgekd.runtime.manifest import Manifest, ManifestError, find_manifest
+from edgekd.runtime.engine import ENGINE_SUFFIXES, TrtEngine
+from edgekd.runtime.manifest import Manifest, ManifestError, find_manifest, verify_model_file
+from edgekd.runtime.openvino import DEFAULT_PRECISION_HINT, IR_SUFFIX, OpenVinoModel
 from edgekd.runtime.postprocess import Prediction, select_top_k, to_probabilities
 from edgekd.runtime.preprocess import ImageError, load_image, normalize_batch
+from edgekd.runtime.session import ModelError, model_metadata, open_session
 
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+# runtime backends (`edgekd-run --backend`); the default follows the file suffix (`runtime_backend`)
+RUNTIME_BACKENDS = ("ort", "openvino", "trt")
 
 
-class ModelError(EdgekdError):
-    """A model file is missing, not a loadable model, or not a single-input classifier."""
+def runtime_backend(path: Path, backend: Optional[str] = None) -> str:
+    """The backend that runs `path`: as given, else trt for engines, openvino for IR, ort for ONNX."""
+    suffix = path.suffix.lower()
+    native = "trt" if suffix in ENGINE_SUFFIXES else "openvino" if suffix == IR_SUFFIX else None  # None: ONNX
+    if backend is None:
+        return native or "ort"
+    if backend not in RUNTIME_BACKENDS:
+        raise EdgekdError(f"unknown backend {backend!r}; choose {', '.join(RUNTIME_BACKENDS)}")
+    allowed = (native,) if native else ("ort", "openvino")
+    if backend not in allowed:
+        raise EdgekdError(f"{path.name} cannot run on the {backend} backend; use {' or '.join(allowed)}")
+    return backend
 
 
 @dataclass(frozen=True)
@@ -35,34 +52,11 @@ class FileResult:
     error: Optional[str] = None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
 class _OrtBackend:
     """An ONNX Runtime session on a single-input, single-output classifier."""
 
     def __init__(self, path: Path, threads: Optional[int], providers: Optional[Sequence[str]]):
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise MissingDependencyError(f"onnxruntime is not installed ({exc}); `pip install onnxruntime`") from None
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-            opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3  # errors are reported by us, in one line
-        wanted = list(providers or ["CPUExecutionProvider"])
-        missing = [p for p in wanted if p not in ort.get_available_providers()]
-        if missing:
-            raise MissingDependencyError(f"ONNX Runtime provider(s) {', '.join(missing)} not available in this onnxruntime "
-                                         f"build (available: {', '.join(ort.get_available_providers())})")
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts,
-                                                providers=wanted)
-        except Exception as exc:  # InvalidProtobuf, InvalidGraph, Fail: all mean "not a usable ONNX model"
-            raise ModelError(f"{path} is not a loadable ONNX model ({_first_line(exc)})") from None
+        self.session = open_session(path, threads=threads, providers=providers)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1:
             raise ModelError(f"{path}: expected one image input and one output, found {len(inputs)} input(s) "
@@ -71,29 +65,22 @@ class _OrtBackend:
         self.input_type = inputs[0].type
         self.input_dims = list(inputs[0].shape)  # ints or symbolic names / None
         self.output_dims = list(outputs[0].shape)
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map or {})
+        self.metadata = model_metadata(self.session)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: x})[0]
 
 
 class _EngineBackend:
-    """A TensorRT engine through edgekd.export.tensorrt.TrtEngine (Jetson, CUDA GPUs)."""
+    """A TensorRT engine through `TrtEngine` (Jetson, CUDA GPUs)."""
 
     def __init__(self, path: Path):
-        try:
-            from edgekd.export.tensorrt import TrtEngine
-        except ImportError as exc:
-            raise MissingDependencyError(
-                f"running a TensorRT engine needs edgekd's TensorRT support and the tensorrt package "
-                f"({_first_line(exc)}); on Jetson use the JetPack python3 with `pip install edgekd`, "
-                f"or run the ONNX model instead") from None
         try:
             self.engine = TrtEngine(str(path))
         except EdgekdError:
             raise
         except Exception as exc:
-            raise ModelError(f"{path} is not a loadable TensorRT engine ({_first_line(exc)})") from None
+            raise ModelError(f"{path} is not a loadable TensorRT engine ({first_line(exc)})") from None
         self.input_name = INPUT_NAME
         self.output_name = str(getattr(self.engine, "output_name", "") or "")
         self.input_type = "tensor(float)"
@@ -113,7 +100,8 @@ class _EngineBackend:
 def check_model_matches(manifest: Manifest, input_dims: list, input_type: str, output_dims: list,
                         output_name: str, model: str, input_name: Optional[str] = None) -> None:
     """Refuse a manifest that does not describe the model's graph (one-line ManifestError)."""
-    for what, stated, actual in (("input", manifest.input_name, input_name), ("output", manifest.output_name, output_name)):
+    pairs = (("input", manifest.input_name, input_name), ("output", manifest.output_name, output_name))
+    for what, stated, actual in pairs:
         if stated and actual and stated != actual:
             raise ManifestError(f"manifest {manifest.source} does not match {model}: {what} tensor {stated!r} "
                                 f"vs the model's {actual!r}")
@@ -123,7 +111,7 @@ def check_model_matches(manifest: Manifest, input_dims: list, input_type: str, o
         raise ManifestError(f"{model}: the model input has rank {len(input_dims)}, an NCHW image batch has rank 4")
     if input_dims:
         graph_chw = input_dims[1:]
-        for axis, (got, want) in enumerate(zip(graph_chw, manifest.input_shape)):
+        for got, want in zip(graph_chw, manifest.input_shape):
             if isinstance(got, int) and got > 0 and got != want:
                 raise ManifestError(f"manifest {manifest.source} does not match {model}: input_shape "
                                     f"{list(manifest.input_shape)} vs the model's input "
@@ -145,24 +133,34 @@ class Classifier:
     Args:
         model: `model.onnx` (ONNX Runtime) or a TensorRT engine (`.engine`/`.plan`/`.trt`).
         manifest: manifest path; default `manifest.json` beside the model, else the one embedded in it.
-        threads: ONNX Runtime intra-op threads (default: ORT's choice, one per core).
+        threads: ONNX Runtime intra-op threads, or OpenVINO inference threads (default: one per core).
         providers: ONNX Runtime execution providers (default CPU).
+        backend: `ort`, `openvino` or `trt`; default from the suffix (`runtime_backend`).
+        precision_hint: OpenVINO only: `f32` or `bf16` (faster on CPUs with AVX-512-BF16/AMX, not bit-exact).
     """
 
     def __init__(self, model: Union[str, Path], manifest: Optional[Union[str, Path]] = None,
-                 threads: Optional[int] = None, providers: Optional[Sequence[str]] = None):
+                 threads: Optional[int] = None, providers: Optional[Sequence[str]] = None,
+                 backend: Optional[str] = None, precision_hint: str = DEFAULT_PRECISION_HINT):
         path = Path(model)
         if not path.is_file():
             raise ModelError(f"model not found: {path}")
-        if path.suffix.lower() in ENGINE_SUFFIXES:
-            self.backend: Union[_OrtBackend, _EngineBackend] = _EngineBackend(path)
+        kind = runtime_backend(path, backend)
+        if providers and kind != "ort":
+            raise EdgekdError(f"--providers are ONNX Runtime's; the {kind} backend does not take them")
+        if kind == "trt":
+            self.backend: Union[_OrtBackend, _EngineBackend, OpenVinoModel] = _EngineBackend(path)
+        elif kind == "openvino":
+            self.backend = OpenVinoModel(path, threads=threads, precision_hint=precision_hint)
         else:
             self.backend = _OrtBackend(path, threads, providers)
+        self.backend_name = kind
         self.path = path
         self.manifest = find_manifest(path, manifest, self.backend.metadata)
+        verify_model_file(self.manifest, path, self.backend.metadata)  # a manifest of another export: refused
         b = self.backend
         check_model_matches(self.manifest, b.input_dims, b.input_type, b.output_dims, b.output_name, str(path),
-                            b.input_name if isinstance(b, _OrtBackend) else None)
+                            None if isinstance(b, _EngineBackend) else b.input_name)
         first = b.input_dims[0] if b.input_dims else None
         self.fixed_batch: Optional[int] = first if isinstance(first, int) and first > 0 else None
 
@@ -182,11 +180,13 @@ class Classifier:
             out = np.concatenate(outs)
         out = np.asarray(out)
         if out.ndim != 2 or out.shape != (n, self.manifest.num_classes):
-            raise ModelError(f"{self.path}: output shape {tuple(out.shape)}, expected ({n}, {self.manifest.num_classes})")
+            raise ModelError(f"{self.path}: output shape {tuple(out.shape)}, "
+                             f"expected ({n}, {self.manifest.num_classes})")
         return to_probabilities(out, self.manifest.output_kind)
 
     def classify_arrays(self, images: np.ndarray, top_k: int = 5) -> list[Prediction]:
-        """uint8 (N, H, W, C) images already at the model's size -> top-k predictions."""
+        """uint8 (N, H, W, C) images already at the model's size (for a `resize` manifest: already the
+        evaluation view, edgekd.runtime.resize.eval_view) -> top-k predictions."""
         m = self.manifest
         x = np.asarray(images)
         if x.ndim == 3 and m.channels == 1:
@@ -213,7 +213,7 @@ class Classifier:
         for p in paths:
             p = Path(p)
             try:
-                pending.append((p, load_image(p, m.channels, m.size, convert), None))
+                pending.append((p, load_image(p, m.channels, m.size, convert, m.resize), None))
             except ImageError as exc:
                 pending.append((p, None, str(exc)))
             if sum(a is not None for _, a, _ in pending) >= batch_size:

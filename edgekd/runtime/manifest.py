@@ -1,13 +1,22 @@
-"""The model manifest as the runtime reads it: class names, input shape, normalisation, output kind.
+"""The one manifest reader: class names, input shape, normalisation, output kind of an exported model.
 
-Torch-free and onnx-free. The manifest comes from (first found): an explicit path, `manifest.json`
-beside the model, or the JSON embedded in the ONNX model's `metadata_props` (read through
-ONNX Runtime's model metadata, so the `onnx` package is not needed).
+Torch-free and onnx-free. Every part of edgekd that needs a model's manifest reads it here: the
+device runtime, bench's runners, ONNX teachers, and tests of the export. The manifest comes from
+(first found): an explicit path, `manifest.json` beside the model, or the JSON embedded in the ONNX
+model's `metadata_props` under `METADATA_KEY` (read through ONNX Runtime's model metadata, so the
+`onnx` package is not needed). `prefer_embedded=True` puts the embedded copy first: it belongs to
+that very file (an INT8 model and its FP32 source share one `manifest.json`).
 
 Two forms are accepted: the one `edgekd export` writes (edgekd.export.manifest: `class_names`,
 `input: {name, shape [N, C, H, W], layout, mean, std}`, `output: {name, kind}`), and a flat
 hand-written form for models exported elsewhere: `class_names`, `input_shape` [C, H, W], `mean`,
-`std`, optional `layout` ("NCHW") and `output_kind` ("logits" | "probs").
+`std`, optional `layout` ("NCHW"), `output_kind` ("logits" | "probs"), `resize` and `crop_ratio`.
+The schema, with units, is in docs/architecture.md, "Manifest".
+
+`resize` S (a run trained with `--image-size`): an image file is not resized to H x W; its largest
+centred square is resized to S x S and the centred H x W crop is what the model sees
+(edgekd.runtime.resize.eval_view), as training evaluated it. Without `resize` the file is resized to
+H x W, as training's native-size reader did.
 """
 
 from __future__ import annotations
@@ -18,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from edgekd.errors import EdgekdError
+from edgekd.errors import EdgekdError, first_line
+from edgekd.io import sha256_file
 from edgekd.names import MANIFEST_FILE, OUTPUT_KINDS
 
-# Key of the manifest JSON in ONNX metadata_props and the format marker. They must equal
-# edgekd.export.manifest's constants (a test checks it); repeated here because the runtime must
-# not import the export stack (it imports torch-era modules and is absent on a device copy).
+# Key of the manifest JSON in ONNX metadata_props and the format marker of the export form; the
+# exporter (edgekd.export.manifest) writes what is defined here.
 METADATA_KEY = "edgekd.manifest"
 MANIFEST_FORMAT = "edgekd-manifest"
 
@@ -48,6 +57,8 @@ class Manifest:
     output_name: Optional[str] = None
     source: str = ""  # where it was read from, for messages
     extra: Optional[Mapping[str, Any]] = None
+    resize: Optional[int] = None  # stored square side of the evaluation view (H x W crop of it); None: plain resize
+    crop_ratio: Optional[float] = None  # H / resize as the run configured it (informative)
 
     @property
     def channels(self) -> int:
@@ -77,6 +88,7 @@ def _flatten_export_form(data: dict, source: str) -> dict:
     flat.update({"input_shape": shape, "mean": inp.get("mean"), "std": inp.get("std"),
                  "layout": inp.get("layout", "NCHW"), "output_kind": out.get("kind", out.get("name", "logits")),
                  "input_name": inp.get("name"), "output_name": out.get("name")})
+    flat.update({k: inp[k] for k in ("resize", "crop_ratio") if inp.get(k) is not None})
     return flat
 
 
@@ -118,48 +130,155 @@ def parse_manifest(data: Any, source: str = "manifest") -> Manifest:
     for k, v in names_.items():
         if v is not None and not isinstance(v, str):
             raise ManifestError(f"{source}: {k.replace('_', ' ')} must be a string, got {v!r}")
-    known = {"class_names", "input_shape", "mean", "std", "output_kind", "layout", "input_name", "output_name"}
+    resize, crop_ratio = _view(data, shape, source)
+    known = {"class_names", "input_shape", "mean", "std", "output_kind", "layout", "input_name", "output_name",
+             "resize", "crop_ratio"}
     extra = {k: v for k, v in data.items() if k not in known}
     return Manifest(tuple(names), (shape[0], shape[1], shape[2]), stats["mean"], stats["std"], kind, layout,
-                    names_["input_name"], names_["output_name"], source, extra)
+                    names_["input_name"], names_["output_name"], source, extra, resize, crop_ratio)
+
+
+def _view(data: dict, shape: list, source: str) -> tuple[Optional[int], Optional[float]]:
+    """The evaluation view (`resize`, `crop_ratio`): a square input cropped from a resize x resize square."""
+    resize, ratio = data.get("resize"), data.get("crop_ratio")
+    if resize is None:
+        return None, None
+    if not isinstance(resize, int) or isinstance(resize, bool) or shape[1] != shape[2] or resize < shape[1]:
+        raise ManifestError(f"{source}: resize must be an integer >= the side of a square input "
+                            f"{shape[1:]}, got {resize!r}")
+    if ratio is not None and (not isinstance(ratio, (int, float)) or isinstance(ratio, bool)
+                              or not 0.0 < float(ratio) <= 1.0):
+        raise ManifestError(f"{source}: crop_ratio must be a number in (0, 1], got {ratio!r}")
+    return resize, None if ratio is None else float(ratio)
+
+
+def _decode(text: str, source: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{source} is not valid JSON ({exc})") from None
+
+
+def _read_text(p: Path) -> str:
+    try:
+        return p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"manifest not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"cannot read manifest {p}: {first_line(exc)}") from None
 
 
 def read_manifest_file(path: str | Path) -> Manifest:
     """Read and validate a `manifest.json`."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ManifestError(f"manifest not found: {p}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"cannot read manifest {p}: {exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{p} is not valid JSON ({exc})") from None
-    return parse_manifest(data, str(p))
+    return parse_manifest(_decode(_read_text(p), str(p)), str(p))
 
 
-def find_manifest(model_path: str | Path, explicit: Optional[str | Path] = None,
-                  metadata: Optional[Mapping[str, str]] = None) -> Manifest:
-    """The manifest for a model: `explicit`, else `manifest.json` beside it, else embedded metadata.
+def embedded_manifest(metadata: Optional[Mapping[str, str]], source: str = "model") -> Optional[dict]:
+    """The manifest embedded in a model's custom metadata (`metadata_props`), decoded; None when absent."""
+    if not metadata or METADATA_KEY not in metadata:
+        return None
+    data = _decode(metadata[METADATA_KEY], f"{source}: embedded manifest")
+    if not isinstance(data, dict):
+        raise ManifestError(f"{source}: the embedded manifest is not a JSON object")
+    return data
+
+
+def read_manifest_data(path: str | Path) -> dict:
+    """The full export record (not only what the runtime uses) from `manifest.json`, an export
+    directory, or the metadata of an ONNX file; refused unless it is an edgekd manifest."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / MANIFEST_FILE
+    if not p.is_file():
+        raise ManifestError(f"no manifest at {path}")
+    if p.suffix.lower() == ".onnx":
+        from edgekd.runtime.session import model_metadata, open_session
+
+        data = embedded_manifest(model_metadata(open_session(p)), str(p))
+        if data is None:
+            raise ManifestError(f"{p} has no edgekd manifest in its metadata (not exported by edgekd)")
+    else:
+        data = _decode(_read_text(p), str(p))
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise ManifestError(f"{p} is not an edgekd manifest")
+    return data
+
+
+def locate_manifest(model_path: str | Path, explicit: Optional[str | Path] = None,
+                    metadata: Optional[Mapping[str, str]] = None, *, prefer_embedded: bool = False
+                    ) -> Optional[Manifest]:
+    """The manifest of a model, or None when it has none; a manifest that is found but invalid raises.
 
     Args:
         model_path: the ONNX model or TensorRT engine.
-        explicit: a manifest path given by the user.
+        explicit: a manifest path given by the user (always wins).
         metadata: the model's custom metadata (ONNX `metadata_props`), when already loaded.
+        prefer_embedded: read the embedded manifest before `manifest.json` beside the model.
     """
     if explicit is not None:
         return read_manifest_file(explicit)
+    source = f"{model_path} (metadata {METADATA_KEY})"
+
+    def from_metadata() -> Optional[Manifest]:
+        data = embedded_manifest(metadata, source)
+        return None if data is None else parse_manifest(data, source)
+
     beside = Path(model_path).with_name(MANIFEST_FILE)
+    if prefer_embedded and (found := from_metadata()) is not None:
+        return found
     if beside.is_file():
         return read_manifest_file(beside)
-    if metadata and METADATA_KEY in metadata:
-        source = f"{model_path} (metadata {METADATA_KEY})"
-        try:
-            data = json.loads(metadata[METADATA_KEY])
-        except json.JSONDecodeError as exc:
-            raise ManifestError(f"{source}: embedded manifest is not valid JSON ({exc})") from None
-        return parse_manifest(data, source)
-    raise ManifestError(f"no manifest for {model_path}: expected {beside} or a manifest embedded in the model "
-                        f"(pass --manifest PATH)")
+    return None if prefer_embedded else from_metadata()
+
+
+# Files whose manifest sha256 is not checked: an engine is rebuilt per device (from the kit, or by hand)
+# from the ONNX the manifest lists, and its own provenance record (edgekd.runtime.engine) names that ONNX.
+UNCHECKED_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+def verify_model_file(manifest: Manifest, model_path: str | Path,
+                      metadata: Optional[Mapping[str, str]] = None) -> None:
+    """Refuse a manifest that belongs to another export than the model file (one-line ManifestError).
+
+    `edgekd export` records the sha256 of every file it writes in manifest.json's `files` (by file
+    name; an OpenVINO IR's weights `.bin` too), and the checkpoint it exported in `source.sha256`,
+    which the manifest embedded in the model repeats. So: (1) a file listed by name must have that
+    sha256 (one read of the file, once per load); (2) the embedded manifest, when there is one, must
+    name the same source checkpoint. A hand-written manifest (no `files`, no `source`) is not checked.
+    """
+    path = Path(model_path)
+    extra = manifest.extra or {}
+    files = extra.get("files")
+    listed = [path] + ([path.with_suffix(".bin")] if path.suffix.lower() == ".xml" else [])
+    if isinstance(files, Mapping) and path.suffix.lower() not in UNCHECKED_SUFFIXES:
+        for p in listed:
+            want = files.get(p.name)
+            if not isinstance(want, str):
+                continue
+            try:
+                got = sha256_file(p)
+            except OSError as exc:
+                raise ManifestError(f"cannot read {p} to check it against {manifest.source}: "
+                                    f"{first_line(exc)}") from None
+            if got != want:
+                raise ManifestError(f"manifest {manifest.source} belongs to another export: it records sha256 "
+                                    f"{want[:12]}... for {p.name}, the file has {got[:12]}...")
+    embedded = embedded_manifest(metadata, str(path))
+    ours, theirs = extra.get("source"), (embedded or {}).get("source")
+    if isinstance(ours, Mapping) and isinstance(theirs, Mapping) and ours.get("sha256") and theirs.get("sha256") \
+            and ours["sha256"] != theirs["sha256"]:
+        raise ManifestError(f"manifest {manifest.source} belongs to another export: its source checkpoint sha256 "
+                            f"{str(ours['sha256'])[:12]}... differs from the one embedded in {path.name} "
+                            f"({str(theirs['sha256'])[:12]}...)")
+
+
+def find_manifest(model_path: str | Path, explicit: Optional[str | Path] = None,
+                  metadata: Optional[Mapping[str, str]] = None, *, prefer_embedded: bool = False) -> Manifest:
+    """Like `locate_manifest` (explicit, beside, embedded), but a model without a manifest is an error."""
+    found = locate_manifest(model_path, explicit, metadata, prefer_embedded=prefer_embedded)
+    if found is None:
+        beside = Path(model_path).with_name(MANIFEST_FILE)
+        raise ManifestError(f"no manifest for {model_path}: expected {beside} or a manifest embedded in the model "
+                            f"(pass --manifest PATH)")
+    return found

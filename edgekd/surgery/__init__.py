@@ -1,4 +1,4 @@
-"""Surgery: turn a `TrainingModel` into the deploy module, and prove it (DESIGN.md section 4).
+"""Surgery: turn a `TrainingModel` into the deploy module, and prove it (docs/architecture.md, "Surgery math").
 
 - `strip_aux_heads`: drop the auxiliary classifiers; the student's path is untouched, so the
   deploy output is bitwise equal to the training model's.

@@ -13,7 +13,7 @@ from edgekd.models.profile import count_macs, count_params
 from edgekd.names import LOGITS_NAME
 from edgekd.surgery.fold import FOLD_MODES, fold_dual_head, read_mix
 from edgekd.surgery.strip import list_training_only_modules, strip_aux_heads
-from edgekd.surgery.verify import verify_fold, verify_logit_fold, verify_strip
+from edgekd.surgery.verify import reference_outputs, verify_fold, verify_logit_fold, verify_strip
 from edgekd.train.model import TrainingModel
 
 
@@ -46,7 +46,8 @@ class SurgeryReport:
     def summary(self) -> str:
         mods = ", ".join(self.removed_modules) or "nothing"
         return (f"surgery: removed {mods}; params {self.params_before:,} -> {self.params_after:,} "
-                f"(-{self.removed_params:,}), MACs {self.macs_before:,} -> {self.macs_after:,} (-{self.removed_macs:,})"
+                f"(-{self.removed_params:,}), MACs {self.macs_before:,} -> {self.macs_after:,} "
+                f"(-{self.removed_macs:,})"
                 + (f"; fold {self.fold} (a={self.alpha:g}, b={self.beta:g})" if self.fold else ""))
 
 
@@ -91,17 +92,18 @@ def make_deploy_module(model: TrainingModel, x: torch.Tensor, y: Optional[torch.
     model = model.eval()
     fold = resolve_fold(model, fold)
     input_shape = tuple(x.shape[1:])
+    reference = reference_outputs(model, x)  # before surgery: the proofs never compare a copy with itself
     student = strip_aux_heads(model)
-    checks = [verify_strip(student, model, x)]
+    checks = [verify_strip(student, model, x, reference)]
     deploy, kind = student, LOGITS_NAME
     alpha = beta = None
     if fold is not None:
         alpha, beta = read_mix(model)
         deploy, kind = fold_dual_head(model, student, fold)
         if fold == "logit":
-            checks.append(verify_logit_fold(deploy, model, x, y, min_agreement, max_accuracy_drop))
+            checks.append(verify_logit_fold(deploy, model, x, y, min_agreement, max_accuracy_drop, reference))
         else:
-            checks.append(verify_fold(deploy, model, x, fold))
+            checks.append(verify_fold(deploy, model, x, fold, reference=reference))
     report = SurgeryReport(
         fold=fold, alpha=alpha, beta=beta, output_kind=kind, removed_modules=list_training_only_modules(model),
         params_before=count_params(model), params_after=count_params(deploy),

@@ -1,4 +1,4 @@
-"""Fold DHO's two heads into a deploy module (DESIGN.md section 4).
+"""Fold DHO's two heads into a deploy module (docs/architecture.md, "Surgery math").
 
 The training model's inference output is `p = a*softmax(z_ce) + (1-a)*softmax(z_kd / b)`
 with `z_ce = W_ce f + c_ce`, `z_kd = W_kd f + c_kd` on the pooled feature f (N, d).
@@ -63,9 +63,7 @@ def is_linear_head(kd_head: nn.Module) -> bool:
 def replace_head(student: Student, head: nn.Linear) -> None:
     """Swap the student's classifier in place (a zoo Student, or the named head of a ModuleStudent)."""
     if isinstance(student, ModuleStudent):
-        parent_name, _, leaf = student.head_name.rpartition(".")
-        parent = student.net.get_submodule(parent_name) if parent_name else student.net
-        setattr(parent, leaf, head)
+        student.set_head(head)  # re-registers the pooled-feature capture on the new head
     else:
         student.head = head
     student.num_classes = head.out_features
@@ -103,14 +101,16 @@ def fold_dual_head(model: TrainingModel, student: Student, mode: str) -> tuple[n
     c = ce.out_features
     if not is_linear_head(model.kd_head):
         if mode == "exact":  # still exact, but the KD head runs beside the CE head (two GEMMs)
-            return DualHeadStudent(deploy, a, c, second_head=copy.deepcopy(model.kd_head).eval(), beta=b).eval(), PROBS_NAME
+            second = copy.deepcopy(model.kd_head).eval()
+            return DualHeadStudent(deploy, a, c, second_head=second, beta=b).eval(), PROBS_NAME
         if mode == "ce":
             return deploy, LOGITS_NAME
         raise EdgekdError(f"--fold {mode} needs a plain linear KD head; this checkpoint's KD head is "
                           f"{type(model.kd_head).__name__} (L2-normalised feature): use --fold exact or --fold ce")
     kd = model.kd_head
     if kd.in_features != ce.in_features or kd.out_features != c:
-        raise EdgekdError(f"KD head shape {tuple(kd.weight.shape)} does not match the CE head {tuple(ce.weight.shape)}")
+        raise EdgekdError(f"KD head shape {tuple(kd.weight.shape)} does not match the CE head "
+                          f"{tuple(ce.weight.shape)}")
     with torch.no_grad():
         w_ce, w_kd = ce.weight.detach().clone(), kd.weight.detach() / b
         c_ce = ce.bias.detach().clone() if ce.bias is not None else torch.zeros(c)

@@ -1,7 +1,11 @@
 """Prove each surgery step on real inputs: the deploy module against the training model.
 
 A failed proof raises `GateError` (exit 3): a deploy module that does not compute what was
-trained must never be exported.
+trained must never be exported. The reference is the training model's own inference path
+(`TrainingModel.heads`: the student's features and main head with every training-only head
+attached and run, and `TrainingModel.forward`'s mix), computed by `reference_outputs` *before*
+surgery touches anything, so a strip or fold that changed the model in place cannot prove itself
+against its own changed copy.
 """
 
 from __future__ import annotations
@@ -32,6 +36,14 @@ def _heads(model: TrainingModel, x: torch.Tensor, batch: int = 256) -> dict[str,
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
+@torch.no_grad()
+def reference_outputs(model: TrainingModel, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The training model's outputs on `x`: every head ('main', 'kd', 'aux<i>', ...) and 'mix' (its forward)."""
+    out = _heads(model, x)
+    out["mix"] = _run(model, x)
+    return out
+
+
 def _assert_close(name: str, got: torch.Tensor, want: torch.Tensor, atol: float, rtol: float) -> dict:
     diff = float((got - want).abs().max()) if got.numel() else 0.0
     try:
@@ -44,20 +56,23 @@ def _assert_close(name: str, got: torch.Tensor, want: torch.Tensor, atol: float,
             "top1_agreement": round(100.0 * float((got.argmax(1) == want.argmax(1)).float().mean()), 4)}
 
 
-def verify_strip(student: nn.Module, model: TrainingModel, x: torch.Tensor) -> dict:
-    """Stripped student vs the training model's CE head: bitwise equal (atol = rtol = 0)."""
-    want = _run(model, x) if model.kd_head is None else _heads(model, x)["main"]
+def verify_strip(student: nn.Module, model: TrainingModel, x: torch.Tensor,
+                 reference: Optional[dict[str, torch.Tensor]] = None) -> dict:
+    """Stripped student vs the training model's main head (`TrainingModel.heads`, training-only heads
+    attached): bitwise equal (atol = rtol = 0). `reference`: `reference_outputs` taken before surgery."""
+    want = (reference if reference is not None else _heads(model, x))["main"]
     return _assert_close("strip", _run(student, x), want, atol=0.0, rtol=0.0)
 
 
 def verify_fold(deploy: nn.Module, model: TrainingModel, x: torch.Tensor, mode: str,
-                atol: float = FOLD_ATOL, rtol: float = FOLD_RTOL) -> dict:
+                atol: float = FOLD_ATOL, rtol: float = FOLD_RTOL,
+                reference: Optional[dict[str, torch.Tensor]] = None) -> dict:
     """Folded module vs what it must equal: exact -> the mix `model(x)`; ce -> the CE head
     (bitwise); kd -> `z_kd / b`. `logit` is an approximation: use `verify_logit_fold`."""
     got = _run(deploy, x)
+    heads = reference if reference is not None else reference_outputs(model, x)
     if mode == "exact":
-        return _assert_close("fold exact", got, _run(model, x), atol, rtol)
-    heads = _heads(model, x)
+        return _assert_close("fold exact", got, heads["mix"], atol, rtol)
     if mode == "ce":
         return _assert_close("fold ce", got, heads["main"], 0.0, 0.0)
     if mode == "kd":
@@ -66,10 +81,11 @@ def verify_fold(deploy: nn.Module, model: TrainingModel, x: torch.Tensor, mode: 
 
 
 def verify_logit_fold(deploy: nn.Module, model: TrainingModel, x: torch.Tensor, y: Optional[torch.Tensor],
-                      min_agreement: float, max_accuracy_drop: float) -> dict:
+                      min_agreement: float, max_accuracy_drop: float,
+                      reference: Optional[dict[str, torch.Tensor]] = None) -> dict:
     """Gate the logit fold: top-1 agreement with the exact mix (percent) must be >= `min_agreement`
     and its top-1 accuracy on labels `y` must not drop more than `max_accuracy_drop` points."""
-    got, want = _run(deploy, x), _run(model, x)
+    got, want = _run(deploy, x), (reference["mix"] if reference is not None else _run(model, x))
     agree = 100.0 * float((got.argmax(1) == want.argmax(1)).float().mean()) if len(x) else 0.0
     out = {"check": "fold logit", "n": len(x), "top1_agreement": round(agree, 4), "min_agreement": min_agreement}
     if y is not None and len(y):
@@ -78,9 +94,9 @@ def verify_logit_fold(deploy: nn.Module, model: TrainingModel, x: torch.Tensor, 
         out.update(acc_folded=round(acc_fold, 4), acc_exact=round(acc_mix, 4), acc_delta=round(acc_fold - acc_mix, 4),
                    max_accuracy_drop=max_accuracy_drop)
         if acc_mix - acc_fold > max_accuracy_drop:
-            raise GateError(f"fold logit refused: top-1 {acc_fold:.2f}% vs {acc_mix:.2f}% for the exact mix on {len(x)} "
-                            f"validation images, a drop of {acc_mix - acc_fold:.2f} points > {max_accuracy_drop}; "
-                            f"use --fold exact")
+            raise GateError(f"fold logit refused: top-1 {acc_fold:.2f}% vs {acc_mix:.2f}% for the exact mix on "
+                            f"{len(x)} validation images, a drop of {acc_mix - acc_fold:.2f} points > "
+                            f"{max_accuracy_drop}; use --fold exact")
     if agree < min_agreement:
         raise GateError(f"fold logit refused: top-1 agreement with the exact mix is {agree:.2f}% on {len(x)} "
                         f"validation images, below --min-agreement {min_agreement}; use --fold exact")

@@ -1,4 +1,4 @@
-"""Distributed training on torch.distributed: process entry, elastic launch, rank-0 sharing.
+"""Distributed training on torch.distributed: the worker entry and the elastic launcher.
 
 Two ways to start N processes, both through torch's elastic agent (torchrun):
 
@@ -13,6 +13,9 @@ Failures: when one worker fails the elastic agent stops the others at once; a co
 waits longer than `dist_timeout` raises instead of hanging. Every failing worker records its
 error in torchelastic's error file, and `launch` turns the root cause into one line
 (`error: distributed training failed: rank R: ...`, exit 1).
+
+What ranks do together during a run (share from rank 0, broadcast, all-reduce, the peer-failure
+error) is in `edgekd.train.collective`; this module imports the fit loop, never the reverse.
 """
 
 from __future__ import annotations
@@ -27,18 +30,15 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Optional
 
 from edgekd.config import TrainConfig
-from edgekd.errors import EdgekdError
+from edgekd.errors import EdgekdError, first_line
+from edgekd.train.collective import PeerFailedError, local_rank, resolve_device
 
 # Set by `launch` for its workers: they record errors for the launcher instead of printing them.
 LAUNCHED_ENV = "EDGEKD_ELASTIC_LAUNCH"
 ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
-
-
-class PeerFailedError(EdgekdError):
-    """This rank stopped because another rank failed (the other rank reports the cause)."""
 
 
 def env_world_size() -> int:
@@ -49,23 +49,12 @@ def env_world_size() -> int:
         raise EdgekdError(f"WORLD_SIZE must be an integer, got {os.environ['WORLD_SIZE']!r}") from None
 
 
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world_size) of the initialised process group, else (0, 1)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 # ---------------------------------------------------------------- worker side
 
 def init_process_group(cfg: TrainConfig) -> None:
     """Join the process group torchrun describes in the environment: gloo on CPU, NCCL on CUDA."""
     import torch
     import torch.distributed as dist
-
-    from edgekd.train.loop import resolve_device
 
     if cfg.dist_timeout <= 0:
         raise EdgekdError(f"dist_timeout must be > 0 seconds, got {cfg.dist_timeout}")
@@ -74,7 +63,7 @@ def init_process_group(cfg: TrainConfig) -> None:
     if backend == "nccl":
         # abort the communicator and end the process on a NCCL error or timeout (instead of hanging)
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
-        local = int(os.environ.get("LOCAL_RANK", "0"))
+        local = local_rank()
         if local >= torch.cuda.device_count():
             raise EdgekdError(f"LOCAL_RANK {local} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
                               f"use --nproc-per-node <= {torch.cuda.device_count()}")
@@ -82,7 +71,7 @@ def init_process_group(cfg: TrainConfig) -> None:
     try:
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=cfg.dist_timeout))
     except (RuntimeError, ValueError) as exc:  # torch.distributed.DistError is a RuntimeError
-        raise EdgekdError(f"cannot join the process group ({backend}): {_first_line(exc)}") from None
+        raise EdgekdError(f"cannot join the process group ({backend}): {first_line(exc)}") from None
 
 
 def train_entry(cfg: TrainConfig):
@@ -115,14 +104,9 @@ def train_entry(cfg: TrainConfig):
     os._exit(0)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _gloo_detail(exc: BaseException) -> str:
     """The informative part of a gloo/NCCL error: no "[source.cc:78]" prefix, no boilerplate advice."""
-    text = re.sub(r"^\[[^\]]*\]\s*", "", _first_line(exc))
+    text = re.sub(r"^\[[^\]]*\]\s*", "", first_line(exc, 2000))
     return re.split(r"\.\s+This is typically caused by", text)[0].rstrip(".")
 
 
@@ -138,23 +122,28 @@ def _report_worker_failure(exc: BaseException, rank: int) -> None:
         raise SystemExit(130)
     if isinstance(exc, SystemExit):
         raise exc
+    lost = False  # this rank's connections to another broke: the cause is elsewhere (maybe another node)
     if isinstance(exc, PeerFailedError):
-        primary, message = False, _first_line(exc)
+        primary, message = False, first_line(exc)
     elif isinstance(exc, EdgekdError):
-        primary, message = True, _first_line(exc)
+        primary, message = True, first_line(exc)
     elif isinstance(exc, dist.DistError) or "gloo" in str(exc).lower() or "nccl" in str(exc).lower():
         timed_out = "timeout" in str(exc).lower() or "timed out" in str(exc).lower()
         primary = timed_out  # a timeout is a cause in itself (a hung rank); a closed connection is not
+        lost = not timed_out
         detail = _gloo_detail(exc)
         message = (f"a collective waited longer than dist_timeout (another rank is stuck or slow): {detail}"
                    if timed_out else f"lost contact with the other processes (another rank probably failed): {detail}")
     else:  # a bug: keep the traceback
-        primary, message = True, f"{type(exc).__name__}: {_first_line(exc)}"
+        primary, message = True, f"{type(exc).__name__}: {first_line(exc)}"
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     error_file = os.environ.get(ERROR_FILE_ENV)
     if error_file:
         data = {"message": message, "timestamp": int(time.time()),
-                "edgekd": {"rank": rank, "message": message, "primary": primary, "time": time.time()}}
+                "edgekd": {"rank": rank, "message": message, "primary": primary, "time": time.time(), "lost": lost,
+                           # torchrun's node index and node count: a launcher names the node it lost
+                           "node": int(os.environ.get("GROUP_RANK", "0")),
+                           "nodes": int(os.environ.get("GROUP_WORLD_SIZE", "1"))}}
         try:
             Path(error_file).parent.mkdir(parents=True, exist_ok=True)
             Path(error_file).write_text(json.dumps(data))
@@ -167,54 +156,6 @@ def _report_worker_failure(exc: BaseException, rank: int) -> None:
     # exit now: interpreter shutdown with live gloo/NCCL threads can take seconds, and the elastic
     # agent only stops the other ranks once this process is gone
     os._exit(1)
-
-
-def share_from_rank0(fn: Callable[[], Any]) -> Any:
-    """Run `fn` on rank 0 only and give its result (or its error) to every rank.
-
-    Used for work that touches the run directory (checks, config.yaml, reading last.pt) so
-    that all ranks take the same branch: a failure on rank 0 is raised on every rank (as
-    `PeerFailedError` on the others) instead of leaving them waiting in a collective. The value
-    travels by pickle between this run's own processes.
-    """
-    import torch.distributed as dist
-
-    rank, world = rank_and_world()
-    if world == 1:
-        return fn()
-    box: list = [None]
-    if rank == 0:
-        try:
-            box[0] = ("ok", fn())
-        except EdgekdError as exc:
-            box[0] = ("error", _first_line(exc))
-            dist.broadcast_object_list(box, src=0)
-            raise
-        except BaseException as exc:
-            box[0] = ("error", f"rank 0 failed: {type(exc).__name__}: {_first_line(exc)}")
-            dist.broadcast_object_list(box, src=0)
-            raise
-    dist.broadcast_object_list(box, src=0)
-    kind, value = box[0]
-    if kind == "error" and rank != 0:
-        raise PeerFailedError(value)
-    return value
-
-
-def broadcast_state_from_rank0(module, buffers_only: bool = False) -> None:
-    """Copy rank 0's parameters and buffers (or only buffers) to every rank, in place.
-
-    DDP keeps parameters equal but each rank updates its own BatchNorm running statistics after
-    the last broadcast; evaluating with rank 0's buffers makes every rank score the model that
-    rank 0 saves.
-    """
-    import torch.distributed as dist
-
-    if rank_and_world()[1] == 1:
-        return
-    tensors = list(module.buffers()) if buffers_only else [*module.parameters(), *module.buffers()]
-    for t in tensors:
-        dist.broadcast(t.data, src=0)
 
 
 # ---------------------------------------------------------------- launcher side
@@ -299,11 +240,11 @@ def launch(nproc: int, cfg: TrainConfig, rendezvous: Optional[dict] = None) -> i
         except SignalException as exc:
             raise EdgekdError(f"distributed training stopped by signal {exc.sigval.name}") from None
         except RendezvousError as exc:  # unreachable endpoint, nodes missing past the join timeout, ...
-            cause = f" ({_first_line(exc.__cause__)})" if exc.__cause__ is not None else ""
-            what = _first_line(exc).replace(" See inner exception for details.", "")
+            cause = f" ({first_line(exc.__cause__)})" if exc.__cause__ is not None else ""
+            what = first_line(exc).replace(" See inner exception for details.", "")
             raise EdgekdError(f"distributed launch failed: rendezvous: {what}{cause}") from None
         except (RuntimeError, ValueError) as exc:  # other launch errors (bad options, address in use, ...)
-            raise EdgekdError(f"distributed launch failed: {_first_line(exc)}") from None
+            raise EdgekdError(f"distributed launch failed: {first_line(exc)}") from None
         finally:
             for lg, level in zip(loggers, saved_levels):
                 lg.setLevel(level)
@@ -319,12 +260,13 @@ def describe_failure(failures: dict) -> str:
     earliest first; a rank that died without recording anything (crash, signal, out-of-memory
     kill), since the others only noticed it; a rank that only noticed another's failure.
     """
-    recorded = []
+    recorded, infos = [], {}
     for rank, failure in failures.items():
         data = failure.error_file_data
         info = data.get("edgekd") if isinstance(data, dict) else None
         if info:
             recorded.append((not info.get("primary", True), float(info.get("time", 0.0)), int(rank), info["message"]))
+            infos[int(rank)] = info
     primary = [r for r in recorded if not r[0]]
     if primary:
         _, _, rank, message = min(primary)
@@ -340,4 +282,15 @@ def describe_failure(failures: dict) -> str:
             return f"rank {rank} was killed by {failure.signal_name()}{hint}"
         return f"rank {rank} exited with code {failure.exitcode}"
     _, _, rank, message = min(recorded)
-    return f"rank {rank}: {message}"
+    lost = lost_node(infos[rank])
+    return f"lost {lost}: rank {rank}: {message}" if lost else f"rank {rank}: {message}"
+
+
+def lost_node(info: dict) -> str:
+    """`node 1` when every rank of this node only lost contact and the run spans other nodes: the cause
+    (a node that died, or its network) is there, and that node's own output (if any) names it; '' otherwise."""
+    node, nodes = int(info.get("node", 0)), int(info.get("nodes", 1))
+    if not info.get("lost") or nodes <= 1:
+        return ""
+    others = [str(n) for n in range(nodes) if n != node]
+    return f"node {others[0]}" if len(others) == 1 else f"one of nodes {', '.join(others)}"

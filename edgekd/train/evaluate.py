@@ -17,7 +17,8 @@ def class_scores(z: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 def head_names(model: TrainingModel) -> list[str]:
     """Names of the heads `TrainingModel.heads` returns, without running the model."""
-    return ["main", *(["kd"] if model.kd_head is not None else []), *(f"aux{k}" for k in model.aux_heads)]
+    return ["main", *(["kd"] if model.kd_head is not None else []),
+            *(["dhkd"] if model.logit_head is not None else []), *(f"aux{k}" for k in model.aux_heads)]
 
 
 @torch.no_grad()

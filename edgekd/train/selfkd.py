@@ -1,12 +1,12 @@
-"""KD, PS-KD and LSSKD training methods (the method protocol of `edgekd.train.methods`).
+"""Self-distillation methods, no pre-trained teacher (the interface of `edgekd.train.method`).
 
-- `KDMethod`: Hinton KD from a frozen edgekd teacher checkpoint (`cfg.teacher`).
 - `PSKDMethod`: PS-KD with the previous epoch's predictions in a per-sample fp16 buffer.
 - `LSSKDMethod`: auxiliary classifiers on rotation joint labels, layered and ensemble
   self-distillation, optional PS-KD-style progressive targets on the main head.
 
-Reusable pieces for other methods (e.g. DHO + LSSKD): `attach_aux_heads` (edgekd.heads.aux),
-`lsskd_forward` (one rotated forward pass + all LSSKD terms), `load_teacher`, `PredictionBuffer`.
+Reusable pieces for other methods (e.g. DHO + LSSKD): `lsskd_forward` (one rotated forward pass
++ all LSSKD terms) and `PredictionBuffer`. Teacher KD is `edgekd.train.kd`; the aux classifiers
+are built by `edgekd.train.model.build_training_model` (`edgekd.heads.aux`).
 """
 
 from __future__ import annotations
@@ -15,21 +15,20 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from edgekd.config import LSSKDConfig, TrainConfig
 from edgekd.data import ImageData
 from edgekd.data.loader import Batch
 from edgekd.errors import ConfigError, EdgekdError
-from edgekd.heads.aux import BRANCHES, attach_aux_heads
-from edgekd.losses.kd import kd_loss, soft_cross_entropy
+from edgekd.heads.aux import BRANCHES
+from edgekd.losses.kd import soft_cross_entropy
 from edgekd.losses.lsskd import layer_pairs, lsskd_loss_terms, rotate_batch
 from edgekd.losses.pskd import pskd_alpha, pskd_targets
-from edgekd.models import Student
-from edgekd.train.methods import StatelessMethod
+from edgekd.train.collective import all_reduce_, rank_and_world
+from edgekd.train.method import Log, Method
 from edgekd.train.model import TrainingModel
 
+MAIN_HEADS = ("upright", "hsakd")  # lsskd.main_head: the rows of the rotated batch the main head trains on
 
 # ---------------------------------------------------------------- per-sample prediction buffer
 
@@ -61,13 +60,10 @@ class PredictionBuffer:
     @torch.no_grad()
     def sync(self) -> None:
         """Merge this epoch's updates of every rank (a no-op without torch.distributed)."""
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if rank_and_world()[1] > 1:
             mask = self._updated.float()
-            total = self.pred.float() * mask[:, None]
-            dist.all_reduce(total)
-            dist.all_reduce(mask)
+            total = all_reduce_(self.pred.float() * mask[:, None])  # (N, C) sum of the ranks' fresh rows
+            all_reduce_(mask)  # (N,) how many ranks updated each row (padded shards repeat a few)
             got = mask > 0
             self.pred[got] = (total[got] / mask[got, None]).to(self.pred.dtype)
             self.seen |= got
@@ -86,84 +82,12 @@ class PredictionBuffer:
         self.seen.copy_(state["seen"].to(self.seen.device))
 
 
-# ---------------------------------------------------------------- KD
-
-def load_teacher(path: Optional[str], data: ImageData, device: torch.device,
-                 channels_last: bool = False) -> tuple[nn.Module, Optional[tuple[torch.Tensor, torch.Tensor]]]:
-    """Load a frozen edgekd teacher checkpoint for `data`.
-
-    Returns the teacher's `Student` (eval mode, no gradients) and, when the teacher was trained
-    with other normalisation statistics, (scale, shift) of shape (1, C, 1, 1) that map the
-    student's normalised input to the teacher's: `x_t = x * scale + shift`.
-    Refuses (one-line EdgekdError) a missing path, a foreign file, or a teacher whose class
-    count or input shape differs from the data.
-    """
-    from edgekd.train.checkpoint import load_checkpoint, rebuild_training_model
-
-    if not path:
-        raise ConfigError("--method kd needs --teacher PATH (an edgekd checkpoint trained on the same classes)")
-    ckpt = load_checkpoint(path)
-    shape, want = [int(v) for v in ckpt["input_shape"]], list(data.input_shape)
-    if shape != want:
-        raise EdgekdError(f"teacher {path} takes inputs of shape {shape} but the data has {want}")
-    if len(ckpt["class_names"]) != data.num_classes:
-        raise EdgekdError(f"teacher {path} has {len(ckpt['class_names'])} classes but the data has {data.num_classes}")
-    teacher = rebuild_training_model(ckpt, device).student
-    teacher.eval().requires_grad_(False)
-    if channels_last:
-        teacher = teacher.to(memory_format=torch.channels_last)
-    renorm = None
-    t_mean, t_std = [float(v) for v in ckpt["mean"]], [float(v) for v in ckpt["std"]]
-    if t_mean != list(data.mean) or t_std != list(data.std):
-        s_mean, s_std = torch.tensor(data.mean), torch.tensor(data.std)
-        tm, ts = torch.tensor(t_mean), torch.tensor(t_std)
-        scale = (s_std / ts).view(1, -1, 1, 1).to(device)
-        shift = ((s_mean - tm) / ts).view(1, -1, 1, 1).to(device)
-        renorm = (scale, shift)
-    return teacher, renorm
-
-
-def _channels_last(cfg: TrainConfig) -> bool:
-    return cfg.channels_last in ("on", "auto")  # mirrors the fit loop's choice
-
-
-class KDMethod(StatelessMethod):
-    """Hinton KD: `ce_weight * CE + kd_weight * T^2 * KL(teacher || student)`; the teacher is frozen."""
-
-    name = "kd"
-
-    def __init__(self, cfg: TrainConfig, data: Optional[ImageData], device: torch.device):
-        self.cfg, self.data, self.device = cfg, data, device
-        self.teacher: Optional[nn.Module] = None
-        self.renorm = None
-        if data is not None:  # data is None when a checkpoint is rebuilt: no teacher needed then
-            self.teacher, self.renorm = load_teacher(cfg.teacher, data, device, _channels_last(cfg))
-
-    def build(self, student: Student) -> TrainingModel:
-        return TrainingModel(student)
-
-    @torch.no_grad()
-    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
-        if self.teacher is None:
-            raise EdgekdError("KD has no teacher loaded (the method was built without data)")
-        if self.renorm is not None:
-            x = x * self.renorm[0] + self.renorm[1]
-        return self.teacher(x)
-
-    def loss(self, model: TrainingModel, batch: Batch, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        kd = self.cfg.kd
-        logits = model.student(batch.x)
-        ce = F.cross_entropy(logits.float(), batch.y, label_smoothing=self.cfg.label_smoothing)
-        soft = kd_loss(logits, self.teacher_logits(batch.x), kd.temperature)
-        return kd.ce_weight * ce + kd.kd_weight * soft, logits
-
-
 # ---------------------------------------------------------------- PS-KD
 
-class _PredictionBufferState:
+class _PredictionBufferState(Method):
     """Per-sample previous-epoch predictions (`self.buffer`, or None) synced and checkpointed."""
 
-    buffer: Optional[PredictionBuffer]
+    buffer: Optional[PredictionBuffer] = None
 
     def on_epoch_end(self, model: TrainingModel, epoch: int) -> None:
         if self.buffer is not None:
@@ -187,12 +111,9 @@ class PSKDMethod(_PredictionBufferState):
 
     name = "pskd"
 
-    def __init__(self, cfg: TrainConfig, data: Optional[ImageData], device: torch.device):
-        self.cfg, self.data, self.device = cfg, data, device
-        self.buffer = PredictionBuffer(len(data.y_train), data.num_classes, device) if data is not None else None
-
-    def build(self, student: Student) -> TrainingModel:
-        return TrainingModel(student)
+    def __init__(self, cfg: TrainConfig, data: ImageData, device: torch.device, log: Optional[Log] = print):
+        self.cfg, self.data, self.device, self.log = cfg, data, device, log
+        self.buffer = PredictionBuffer(len(data.y_train), data.num_classes, device)
 
     def loss(self, model: TrainingModel, batch: Batch, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model.student(batch.x)
@@ -200,7 +121,6 @@ class PSKDMethod(_PredictionBufferState):
         target = self.buffer.targets(batch.index, batch.y, alpha)
         self.buffer.update(batch.index, torch.softmax(logits.detach().float(), dim=1))
         return soft_cross_entropy(logits, target), logits
-
 
 
 # ---------------------------------------------------------------- LSSKD
@@ -217,36 +137,44 @@ def lsskd_forward(model: TrainingModel, x: torch.Tensor, labels: torch.Tensor, c
                   main_target: Optional[torch.Tensor] = None, label_smoothing: float = 0.0) -> LSSKDOutput:
     """One backbone pass over the 4x rotated batch, every aux head on its stage, all LSSKD terms.
 
-    The main head only sees the upright rows (`[0::4]`); BN statistics see every rotation, as in HSAKD.
+    BN statistics see every rotation, as in HSAKD. With `lsskd.main_head=upright` the main head only
+    sees the upright rows (`[0::4]`); with `hsakd` it runs on all 4N rows, CE on the upright ones and
+    the ensemble KD on every row (HSAKD's form). `main_logits` in the output are the upright rows'.
     """
+    if cfg.main_head not in MAIN_HEADS:
+        raise ConfigError(f"unknown lsskd.main_head {cfg.main_head!r}; choose {' or '.join(MAIN_HEADS)}")
     xr = rotate_batch(x)
     feats, pooled = model.student.forward_features(xr)
     pooled_up = pooled[0::4]
-    main_logits = model.student.head(pooled_up)
+    all_rows = cfg.main_head == "hsakd"
+    main_logits = model.student.head(pooled if all_rows else pooled_up)
     aux = {int(k): head(feats[int(k)]) for k, head in model.aux_heads.items()}
     terms = lsskd_loss_terms(main_logits, aux, labels, temperature=cfg.temperature,
                              main_ce_weight=cfg.main_ce_weight, aux_ce_weight=cfg.aux_ce_weight,
                              layer_kd_weight=cfg.layer_kd_weight, ensemble_kd_weight=cfg.ensemble_kd_weight,
-                             pairing=cfg.pairing, main_target=main_target, label_smoothing=label_smoothing)
-    return LSSKDOutput(terms.pop("loss"), terms, main_logits, pooled_up)
+                             pairing=cfg.pairing, main_target=main_target, label_smoothing=label_smoothing,
+                             main_rows="all" if all_rows else "upright")
+    return LSSKDOutput(terms.pop("loss"), terms, main_logits[0::4] if all_rows else main_logits, pooled_up)
 
 
 class LSSKDMethod(_PredictionBufferState):
-    """LSSKD self-distillation (DESIGN.md section 3): aux classifiers on rotation joint labels, no teacher."""
+    """LSSKD self-distillation (docs/architecture.md, "Methods"): aux classifiers on rotation joint labels.
+
+    No teacher. The aux classifiers are in the `TrainingModel` (`edgekd.train.model.lsskd_model`).
+    """
 
     name = "lsskd"
 
-    def __init__(self, cfg: TrainConfig, data: Optional[ImageData], device: torch.device):
-        self.cfg, self.data, self.device = cfg, data, device
+    def __init__(self, cfg: TrainConfig, data: ImageData, device: torch.device, log: Optional[Log] = print):
+        self.cfg, self.data, self.device, self.log = cfg, data, device, log
         layer_pairs([], cfg.lsskd.pairing)  # fail on a bad pairing or branch before any training
         if cfg.lsskd.branch not in BRANCHES:
             raise ConfigError(f"unknown lsskd.branch {cfg.lsskd.branch!r}; choose {' or '.join(BRANCHES)}")
+        if cfg.lsskd.main_head not in MAIN_HEADS:
+            raise ConfigError(f"unknown lsskd.main_head {cfg.lsskd.main_head!r}; choose {' or '.join(MAIN_HEADS)}")
         self.buffer = None
-        if cfg.lsskd.progressive and data is not None:
+        if cfg.lsskd.progressive:
             self.buffer = PredictionBuffer(len(data.y_train), data.num_classes, device)
-
-    def build(self, student: Student) -> TrainingModel:
-        return attach_aux_heads(TrainingModel(student), self.cfg.lsskd, student.num_classes)
 
     def loss(self, model: TrainingModel, batch: Batch, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         target = None
@@ -259,6 +187,4 @@ class LSSKDMethod(_PredictionBufferState):
         return out.loss, out.main_logits
 
 
-
-__all__ = ["KDMethod", "PSKDMethod", "LSSKDMethod", "PredictionBuffer", "LSSKDOutput", "load_teacher",
-           "lsskd_forward", "attach_aux_heads"]
+__all__ = ["PSKDMethod", "LSSKDMethod", "PredictionBuffer", "LSSKDOutput", "lsskd_forward"]

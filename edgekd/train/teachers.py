@@ -1,22 +1,28 @@
-"""Teachers for distillation: load, check against the data, run once and cache the logits.
+"""The one teacher loader of `--teacher` (every distilling method): load, check against the data, cache.
 
 A teacher is any of (picked by file content/suffix):
 - an edgekd checkpoint (`.pt` run output; its own mean/std are used),
 - a TorchScript file (`torch.jit.save`; fed images normalised with the data's mean/std),
-- an ONNX model run with ONNX Runtime (mean/std from its edgekd manifest metadata when present,
-  else the data's),
+- an ONNX model run with ONNX Runtime: mean/std, class names and input shape from its edgekd
+  manifest (embedded in the model's metadata by `edgekd export`, or `manifest.json` beside it,
+  read by `edgekd.runtime.manifest`), else the data's mean/std,
 - a precomputed logits file, `.npy` or `.npz` (key `logits` or its only array), one row per
   training sample: either per image of the reader's train split (indexed by `ImageData.train_ids`)
-  or per image of `ImageData.x_train`.
+  or per image of `ImageData.x_train`,
+- a zero-shot teacher `zeroshot:ENCODER.onnx,TEXT.npz`: an image encoder and class text embeddings
+  (CLIP used zero-shot, as in DHO's paper; `edgekd.train.zeroshot`), for any input size.
 
-Every teacher takes images in [0, 1] and normalises them itself, so a teacher trained with other
-statistics than the student still sees what it was trained on. A teacher whose class count,
-class names or input shape do not match the data is refused with one line.
+Every model teacher takes images in [0, 1] and normalises them itself, so a teacher trained with
+other statistics than the student still sees what it was trained on (`unnormalize` turns the
+student's normalised batch back into [0, 1]). A teacher whose class count, class names or input
+shape do not match the data is refused with one line.
 
 The teacher-output cache (`teacher_logits`) stores fp16 logits under `$EDGEKD_CACHE/teacher-logits`
-(default `~/.cache/edgekd`), keyed by the sha256 of the teacher file, the data spec, a hash of the
-split's images and ids, the teacher's normalisation and the view, so a different teacher, dataset
-or split never reuses a stale entry.
+(default `~/.cache/edgekd`), keyed by the sha256 of the teacher file (both files of a zero-shot
+teacher), the data spec, a hash of the split's images and ids, the teacher's normalisation and the
+view, so a different teacher, dataset or split never reuses a stale entry. `view_logits` caches the
+teacher on fixed augmented views (`edgekd.data.views.ViewPlan`), one `.npy` per round, read
+memory-mapped; its key adds the round's augmentation (seed, round, geometry).
 """
 
 from __future__ import annotations
@@ -27,23 +33,26 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
-from edgekd.errors import EdgekdError
+from edgekd.errors import EdgekdError, first_line
 from edgekd.io import atomic_path, sha256_file
+from edgekd.names import PROBS_NAME
+from edgekd.train.zeroshot import PREFIX as ZEROSHOT_PREFIX
 
 CACHE_VERSION = 1
 VIEWS = ("eval",)  # the cached view: un-augmented images (augmented views need the online teacher)
+TEACHER_KINDS = ("checkpoint", "torchscript", "onnx", "logits", "zeroshot")
 
 
 @dataclass
 class Teacher:
     """A loaded teacher. `run(x01)` maps (N, C, H, W) float images in [0, 1] to (N, K) logits."""
 
-    kind: str  # checkpoint | torchscript | onnx | logits
+    kind: str  # one of TEACHER_KINDS
     path: Path
     sha256: str
     num_classes: int
@@ -57,11 +66,33 @@ class Teacher:
     def runnable(self) -> bool:
         return self.run is not None
 
+    @property
+    def output_kind(self) -> str:
+        """What the model outputs: `probs` (a DHO export; `run` gives their logs), `logits`, or `unknown`
+        (TorchScript and logits files do not say)."""
+        return self.extra.get("output_kind", "unknown")
+
+    @property
+    def label(self) -> str:
+        """The file name (both names for a zero-shot teacher), for messages."""
+        return self.extra.get("name", self.path.name)
+
+    def describe(self) -> str:
+        """`name (kind)`, for log lines."""
+        return f"{self.label} ({self.kind})"
+
 
 def _normalizer(mean: Sequence[float], std: Sequence[float]) -> Callable[[torch.Tensor], torch.Tensor]:
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     return lambda x: (x - m.to(x.device)) / s.to(x.device)
+
+
+def unnormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Undo `(x01 - mean) / std`: a normalised (N, C, H, W) batch back to [0, 1] images (float32)."""
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    return x.float() * s + m
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -78,13 +109,15 @@ def _as_logits(out: torch.Tensor, kind: str) -> torch.Tensor:
     return torch.log(out.float().clamp_min(1e-12)) if kind == "probs" else out.float()
 
 
-def _load_checkpoint_teacher(path: Path, sha: str, device: torch.device) -> Teacher:
+def _load_checkpoint_teacher(path: Path, sha: str, device: torch.device, channels_last: bool) -> Teacher:
     from edgekd.train.checkpoint import load_checkpoint, rebuild_training_model
 
     ckpt = load_checkpoint(path)
     model = rebuild_training_model(ckpt, device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    if channels_last:  # the student's batches are channels_last: the teacher's convolutions then match
+        model = model.to(memory_format=torch.channels_last)
     norm, kind = _normalizer(ckpt["mean"], ckpt["std"]), ckpt.get("output_kind", "logits")
 
     def run(x01: torch.Tensor) -> torch.Tensor:
@@ -93,14 +126,14 @@ def _load_checkpoint_teacher(path: Path, sha: str, device: torch.device) -> Teac
 
     return Teacher("checkpoint", path, sha, len(ckpt["class_names"]), tuple(ckpt["mean"]), tuple(ckpt["std"]), run,
                    extra={"input_shape": tuple(ckpt["input_shape"]), "class_names": tuple(ckpt["class_names"]),
-                          "module": model})
+                          "module": model, "output_kind": kind})
 
 
 def _load_torchscript_teacher(path: Path, sha: str, data, device: torch.device) -> Teacher:
     try:
         module = torch.jit.load(str(path), map_location=device).eval()
     except Exception as exc:  # noqa: BLE001 - any load failure is a bad teacher file
-        raise EdgekdError(f"teacher {path.name}: cannot load TorchScript ({str(exc).strip().splitlines()[0][:120]})") from None
+        raise EdgekdError(f"teacher {path.name}: cannot load TorchScript ({first_line(exc, 120)})") from None
     norm = _normalizer(data.mean, data.std)
 
     def run(x01: torch.Tensor) -> torch.Tensor:
@@ -111,35 +144,28 @@ def _load_torchscript_teacher(path: Path, sha: str, data, device: torch.device) 
 
 
 def _load_onnx_teacher(path: Path, sha: str, data, device: torch.device) -> Teacher:
-    from edgekd.deps import require
-    from edgekd.names import PROBS_NAME
+    """An ONNX teacher through the one session factory; its manifest (if any) gives its own mean/std."""
+    from edgekd.runtime.manifest import locate_manifest
+    from edgekd.runtime.session import ModelError, available_providers, model_metadata, open_session
 
-    ort = require("onnxruntime")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, torch.get_num_threads())
-    # ORT threads spin after each run and starve torch's threads when the two alternate
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = ["CPUExecutionProvider"]
-    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
+    cuda = device.type == "cuda" and "CUDAExecutionProvider" in available_providers()
     try:
-        sess = ort.InferenceSession(str(path), opts, providers=providers)
-    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-        raise EdgekdError(f"teacher {path.name}: ONNX Runtime cannot load it ({str(exc).strip().splitlines()[0][:120]})") from None
+        # no spinning: ORT's idle threads would starve torch's, which alternate with them every step
+        sess = open_session(path, threads=max(1, torch.get_num_threads()), spinning=False,
+                            providers=["cuda", "cpu"] if cuda else ["cpu"])
+    except ModelError as exc:
+        raise EdgekdError(f"teacher {path.name}: {first_line(exc)}") from None
     inp, outs = sess.get_inputs()[0], sess.get_outputs()
-    meta = sess.get_modelmeta().custom_metadata_map or {}
-    mean, std = tuple(data.mean), tuple(data.std)
-    manifest: dict[str, Any] = {}
-    for key in ("manifest", "manifest.json", "edgekd_manifest"):
-        if key in meta:
-            try:
-                manifest = json.loads(meta[key])
-            except ValueError:
-                manifest = {}
-            break
-    if "mean" in manifest and "std" in manifest:
-        mean, std = tuple(float(v) for v in manifest["mean"]), tuple(float(v) for v in manifest["std"])
-    kind = "probs" if outs[0].name == PROBS_NAME or manifest.get("output_kind") == "probs" else "logits"
+    manifest = locate_manifest(path, metadata=model_metadata(sess), prefer_embedded=True)
+    extra: dict = {"session": sess}
+    if manifest is not None:  # an edgekd export: its own statistics, classes and input shape
+        mean, std, kind = tuple(manifest.mean), tuple(manifest.std), manifest.output_kind
+        extra.update(input_shape=tuple(manifest.input_shape), class_names=tuple(manifest.class_names),
+                     manifest=manifest.source)
+    else:
+        mean, std = tuple(data.mean), tuple(data.std)
+        kind = "probs" if outs[0].name == PROBS_NAME else "logits"
+    extra["output_kind"] = kind
     static = [d if isinstance(d, int) else None for d in inp.shape]
     want = (None, *data.input_shape)
     if len(static) != 4 or any(s is not None and w is not None and s != w for s, w in zip(static, want)):
@@ -152,7 +178,7 @@ def _load_onnx_teacher(path: Path, sha: str, data, device: torch.device) -> Teac
         out = sess.run([outs[0].name], {inp.name: np.ascontiguousarray(x, dtype=np.float32)})[0]
         return _as_logits(torch.from_numpy(out), kind).to(x01.device)
 
-    return Teacher("onnx", path, sha, -1, mean, std, run, extra={"session": sess})
+    return Teacher("onnx", path, sha, -1, mean, std, run, extra=extra)
 
 
 def _load_logits_teacher(path: Path, sha: str) -> Teacher:
@@ -161,21 +187,40 @@ def _load_logits_teacher(path: Path, sha: str) -> Teacher:
             with np.load(path, allow_pickle=False) as d:
                 key = "logits" if "logits" in d.files else (d.files[0] if len(d.files) == 1 else None)
                 if key is None:
-                    raise EdgekdError(f"teacher {path.name}: an .npz logits file needs a `logits` array (has {', '.join(d.files)})")
+                    raise EdgekdError(f"teacher {path.name}: an .npz logits file needs a `logits` array "
+                                      f"(has {', '.join(d.files)})")
                 table = d[key]
         else:
             table = np.load(path, allow_pickle=False)
     except EdgekdError:
         raise
     except Exception as exc:  # noqa: BLE001 - corrupt or pickled file
-        raise EdgekdError(f"teacher {path.name}: cannot read logits ({str(exc).strip().splitlines()[0][:120]})") from None
+        raise EdgekdError(f"teacher {path.name}: cannot read logits ({first_line(exc, 120)})") from None
     if table.ndim != 2 or not np.issubdtype(table.dtype, np.floating):
-        raise EdgekdError(f"teacher {path.name}: logits must be a 2-D float array (samples, classes), got {table.dtype} {table.shape}")
+        raise EdgekdError(f"teacher {path.name}: logits must be a 2-D float array (samples, classes), "
+                          f"got {table.dtype} {table.shape}")
     return Teacher("logits", path, sha, int(table.shape[1]), (), (), None, table=table)
 
 
-def load_teacher(path: str | os.PathLike, data, device: torch.device | str = "cpu") -> Teacher:
-    """Load a teacher file and check it against `data` (an `ImageData`); refuse mismatches."""
+def _load_zeroshot_teacher(spec: str, data, device: torch.device) -> Teacher:
+    from edgekd.train.zeroshot import load_zeroshot
+
+    z = load_zeroshot(spec, int(data.input_shape[0]), device)
+    return Teacher("zeroshot", z.encoder, z.sha256, len(z.head.class_names), z.mean, z.std, z.run,
+                   extra={"class_names": z.head.class_names, "output_kind": "logits", "name": z.name,
+                          "input_size": z.input_size, "embedding_dim": z.embedding_dim})
+
+
+def load_teacher(path: str | os.PathLike, data, device: torch.device | str = "cpu", *,
+                 channels_last: bool = False) -> Teacher:
+    """Load a teacher file of any kind and check it against `data` (an `ImageData`); refuse mismatches.
+
+    `channels_last` stores a checkpoint teacher's weights channels-last, to match the student's batches.
+    """
+    if str(path).startswith(ZEROSHOT_PREFIX):
+        teacher = _load_zeroshot_teacher(str(path), data, torch.device(device))
+        check_teacher(teacher, data)
+        return teacher
     p = Path(os.path.expanduser(str(path)))
     if not p.is_file():
         raise EdgekdError(f"teacher not found: {p}")
@@ -189,23 +234,24 @@ def load_teacher(path: str | os.PathLike, data, device: torch.device | str = "cp
     elif _is_torchscript(p):
         teacher = _load_torchscript_teacher(p, sha, data, device)
     else:
-        teacher = _load_checkpoint_teacher(p, sha, device)
+        teacher = _load_checkpoint_teacher(p, sha, device, channels_last)
     check_teacher(teacher, data)
     return teacher
 
 
 def check_teacher(teacher: Teacher, data) -> None:
     """Refuse a teacher whose classes or input shape do not fit `data` (sets `num_classes` when probed)."""
-    name = teacher.path.name
+    name = teacher.label
     shape = teacher.extra.get("input_shape")
     if shape is not None and tuple(shape) != tuple(data.input_shape):
-        raise EdgekdError(f"teacher {name} takes input of shape {list(shape)} but the data's images are {list(data.input_shape)} (C, H, W)")
+        raise EdgekdError(f"teacher {name} takes input of shape {list(shape)} but the data's images are "
+                          f"{list(data.input_shape)} (C, H, W)")
     if teacher.kind in ("torchscript", "onnx"):  # probe: the only way to learn their class count
         try:
             out = teacher.run(torch.zeros(2, *data.input_shape))
         except Exception as exc:  # noqa: BLE001 - a model that rejects the data's shape
             raise EdgekdError(f"teacher {name} cannot run on the data's images {list(data.input_shape)} (C, H, W): "
-                              f"{str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__}") from None
+                              f"{first_line(exc, 120)}") from None
         if out.ndim != 2 or out.shape[0] != 2:
             raise EdgekdError(f"teacher {name} must output (batch, classes) logits, got shape {list(out.shape)}")
         teacher.num_classes = int(out.shape[1])
@@ -284,7 +330,7 @@ def teacher_logits(teacher: Teacher, data, split: str = "train", view: str = "ev
         except Exception:  # noqa: BLE001 - a broken cache entry is rebuilt below
             pass
     if log:
-        log(f"running teacher {teacher.path.name} on {len(x)} {split} images (cached for later runs)")
+        log(f"running teacher {teacher.label} on {len(x)} {split} images (cached for later runs)")
     table = _run_teacher(teacher, x, torch.device(device), batch_size)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -293,3 +339,69 @@ def teacher_logits(teacher: Teacher, data, split: str = "train", view: str = "ev
                 np.savez(f, logits=table, teacher_sha256=np.array(teacher.sha256), spec=np.array(data.spec),
                          split=np.array(split), view=np.array(view))
     return torch.from_numpy(table)
+
+
+
+def _train_digest(teacher: Teacher, data) -> "hashlib._Hash":
+    """sha256 state over the teacher and the training split (spec, ids, the stored images, in bounded chunks)."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"v": CACHE_VERSION, "teacher": teacher.sha256, "kind": teacher.kind, "spec": data.spec,
+                         "split": "train", "mean": list(teacher.mean), "std": list(teacher.std)},
+                        sort_keys=True).encode())
+    _hash_array(h, np.asarray(data.train_ids, dtype=np.int64))
+    for s in range(0, len(data.x_train), 4096):  # the stored images the views are cut from, not their crops
+        _hash_array(h, np.asarray(data.x_train[s:s + 4096]))
+    return h
+
+
+def view_logits(teacher: Teacher, data, plan, rounds: Sequence[int], *, device: torch.device | str = "cpu",
+                batch_size: int = 256, log: Optional[Callable[[str], None]] = None) -> list[np.ndarray]:
+    """Per round r of `rounds`: (N_train, K) fp16 teacher logits on round r of `plan` (a `ViewPlan`), rows in
+    `data.x_train` order.
+
+    Each image is augmented exactly as the loader augments it in that round (`plan.apply`), so a row
+    equals the online teacher's output on that view up to fp16 rounding. Each round is cached on disk
+    as `.npy` (key: teacher, training split, `plan.describe(r)`) and returned memory-mapped, so the
+    processes of a node share one copy in the page cache.
+    """
+    if not teacher.runnable:
+        raise EdgekdError(f"teacher {teacher.label} is a logits file: it cannot be run on augmented views")
+    base = _train_digest(teacher, data)
+    tables = []
+    for r in rounds:
+        h = base.copy()
+        h.update(json.dumps(plan.describe(r), sort_keys=True).encode())
+        path = cache_dir() / f"views-{h.hexdigest()[:32]}.npy"
+        table = None
+        if path.is_file():
+            try:
+                table = np.load(path, mmap_mode="r", allow_pickle=False)
+            except Exception:  # noqa: BLE001 - a broken cache entry is rebuilt below
+                table = None
+        if table is None or table.shape != (len(data.x_train), teacher.num_classes):
+            if log:
+                log(f"running teacher {teacher.label} on view round {r} of the {len(data.x_train)} training images "
+                    f"(cached for later runs)")
+            _write_round(path, _run_views(teacher, data, plan, int(r), torch.device(device), batch_size))
+            table = np.load(path, mmap_mode="r", allow_pickle=False)
+        tables.append(table)
+    return tables
+
+
+def _run_views(teacher: Teacher, data, plan, r: int, device: torch.device, batch_size: int) -> np.ndarray:
+    from edgekd.data.loader import nhwc_to_tensor
+
+    n = len(data.x_train)
+    out = np.empty((n, teacher.num_classes), dtype=np.float16)
+    for s in range(0, n, batch_size):
+        idx = torch.arange(s, min(s + batch_size, n))
+        xb = nhwc_to_tensor(data.x_train[s:s + len(idx)]).to(device)
+        out[s:s + len(idx)] = teacher.run(plan.apply(xb, idx, torch.full_like(idx, r))).float().cpu().numpy()
+    return out
+
+
+def _write_round(path: Path, table: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a path
+            np.save(f, table)

@@ -49,7 +49,8 @@ def extract_cifar10_folder() -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=EXTRACT_ROOT))
     try:
         with tarfile.open(archive) as tar:
-            members = [m for m in tar.getmembers() if m.name.split("/")[0] == CIFAR_DIRNAME and (m.isfile() or m.isdir())]
+            members = [m for m in tar.getmembers()
+                       if m.name.split("/")[0] == CIFAR_DIRNAME and (m.isfile() or m.isdir())]
             tar.extractall(tmp, members=members, filter="data")
         try:
             os.rename(tmp / CIFAR_DIRNAME, target)
@@ -147,7 +148,8 @@ def _write_idx(path: Path, arr: np.ndarray, gz: bool) -> None:
         path.write_bytes(data)
 
 
-def write_mnist_idx(root: Path, n_train: int = 20, n_test: int = 10, gz: bool = False, seed: int = 0) -> tuple[Path, dict]:
+def write_mnist_idx(root: Path, n_train: int = 20, n_test: int = 10, gz: bool = False,
+                    seed: int = 0) -> tuple[Path, dict]:
     """Write MNIST IDX files (optionally gzipped) of 28x28 grayscale images, labels 0..9."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
