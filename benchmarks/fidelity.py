@@ -278,7 +278,10 @@ def write(args, rows, extra, command, machine, t0) -> Path:
     write_json_atomic(RESULTS / f"fidelity_{args.tag}.json", result)
     lines = [f"# Fidelity benchmark ({args.tag})", "",
              f"Budget `{args.budget}`: {b}. Seeds {args.seed_list}. {machine}. Precision {args.precision}.", "",
-             f"Command: `{command}`", "", "## Verdicts", "", *verdicts(summary), ""]
+             f"Command: `{command}`", "",
+             *(["**Smoke budget: these figures only show that the script runs; they mean nothing.**", ""]
+               if args.budget == "smoke" else []),
+             "## Verdicts", "", *verdicts(summary), ""]
     if extra.get("teacher"):
         t = extra["teacher"]
         lines += [f"Teacher: {t['model']} trained here on {t['images']} teacher-only images "

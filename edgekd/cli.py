@@ -91,7 +91,7 @@ def with_default(text: str, value: Any) -> str:
 def train(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML run config; options below override it."),
     data: Optional[str] = typer.Option(
-        None, help="Data spec: synthetic, npz:PATH, imagefolder:PATH, cifar:PATH, mnist:PATH."),
+        None, help="Data spec: synthetic, npz:PATH, imagefolder:PATH, cifar:PATH, mnist:PATH, store:PATH."),
     model: Optional[str] = typer.Option(None, help="Zoo model name (see `edgekd info --zoo`)."),
     method: Optional[str] = typer.Option(None, help="ce | kd | pskd | lsskd | dho | dhkd."),
     teacher: Optional[str] = typer.Option(
@@ -140,7 +140,7 @@ def train(
     strict_images: Optional[bool] = typer.Option(None, "--strict-images/--skip-bad-images", help="Image folders: "
         "refuse the first unreadable image (default: skip and list them in RUN/skipped_images.txt, up to 1%)."),
 ) -> None:
-    """Train a student (CE, KD, PS-KD, LSSKD or DHO); writes config.yaml, metrics.jsonl, last.pt, best.pt."""
+    """Train a student (CE, KD, PS-KD, LSSKD, DHO or DHKD); writes config.yaml, metrics.jsonl, last.pt, best.pt."""
     from edgekd.config import build_config, dotted_to_nested, merge_nested, parse_set_options
 
     def build():
@@ -161,7 +161,7 @@ def train(
         from edgekd.train.distributed import launch
 
         code = run_guarded(launch, nproc_per_node, cfg, rendezvous)
-        if code == 0:
+        if code == 0 and not node_rank:  # the run directory is node 0's
             _plot_run(cfg.out)
         raise typer.Exit(code)
     if any(v is not None for v in rendezvous.values()):

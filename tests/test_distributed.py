@@ -273,6 +273,7 @@ def test_two_nodes_train_end_to_end(tmp_path):
     assert summary["world_size"] == 2 and summary["global_batch"] == 64
     assert {line.split(" ", 1)[0] for line in writes.read_text().splitlines()} == {"0"}
     assert "global batch 64" in out0 and "epoch 2 " in out0 and "epoch" not in out1  # rank 0 logs
+    assert "curves" not in out1  # node 1 has no run directory to plot
 
 
 def test_a_lost_node_stops_the_other_with_one_line_and_resume_finishes(tmp_path):
@@ -351,3 +352,15 @@ def test_describe_failure_names_the_root_cause():
         "rank 1 was killed by SIGKILL (out of memory?)"
     assert describe_failure({0: _failure(secondary), 1: _failure(None, -15, signal_name="SIGTERM")}) == \
         "rank 0: lost contact"
+
+
+def test_describe_failure_names_a_lost_node():
+    """Every rank here only lost contact and the run spans nodes: the cause is on another node."""
+    from edgekd.train.distributed import describe_failure
+
+    lost = {"message": "lost contact", "primary": False, "time": 1.0, "lost": True, "node": 0, "nodes": 2}
+    assert describe_failure({0: _failure(lost)}) == "lost node 1: rank 0: lost contact"
+    assert describe_failure({3: _failure({**lost, "node": 1, "nodes": 3})}) == \
+        "lost one of nodes 0, 2: rank 3: lost contact"
+    assert describe_failure({0: _failure({**lost, "nodes": 1})}) == "rank 0: lost contact"  # one node: no guess
+    assert describe_failure({0: _failure({**lost, "lost": False})}) == "rank 0: lost contact"  # PeerFailedError

@@ -1,13 +1,11 @@
 """The fault battery: bad input, faults and concurrency, command by command (issue 15).
 
-The contract (README, "Bad input"): every command answers bad input with exit 1 and one `error:`
-line (2 for usage, 3 for a failed proof), never a traceback, nothing half-written where an output
-should be, and nothing from a file ever executed. Each case here asserts the exit code, the absence
-of a traceback (in process: no exception other than SystemExit escaped the command) and what is or
-is not left on disk. Kept fast: a tiny synthetic dataset (8 px), the `tiny` model, one epoch.
-
-Cases marked `xfail(strict=True, reason="owner: X ...")` are known failures whose fix lives in
-another module's owner's files; strict, so a fix turns them into a failure until the mark goes.
+The contract (README: exit codes and the bad-input table): every command answers bad input with
+exit 1 and one `error:` line (2 for usage, 3 for a failed proof), never a traceback, nothing
+half-written where an output should be, and nothing from a file ever executed. Each case here
+asserts the exit code, the absence of a traceback (in process: no exception other than SystemExit
+escaped the command) and what is or is not left on disk. Kept fast: a tiny synthetic dataset
+(8 px), the `tiny` model, one epoch.
 """
 
 from __future__ import annotations
@@ -37,10 +35,6 @@ from test_images import png16  # the hand-written 16-bit PNG (tests/ is on sys.p
 SYN = "synthetic:n_train=40,n_test=20,size=8"
 TRAIN = ["train", "--data", SYN, "--model", "tiny", "--epochs", "1", "--batch-size", "8", "--no-progress"]
 FAST_BENCH = ["--batch-sizes", "1", "--warmup", "1", "--min-time", "0.01", "--min-iters", "1"]
-
-
-def xfail(owner: str, what: str):
-    return pytest.mark.xfail(strict=True, reason=f"owner: {owner} ({what})")
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -666,6 +660,14 @@ def test_export_killed_after_its_renames_leaves_the_new_export(tmp_path, run_dir
 # ---- bench --------------------------------------------------------------------------------------
 
 
+def test_bench_data_with_an_unreadable_image_warns_in_one_line(tmp_path, exported):
+    root = _image_folder(tmp_path / "ds", per_class=60, bad=1)
+    res = invoke(["bench", exported / "model.onnx", "--data", f"imagefolder:{root}", *FAST_BENCH])
+    assert res.exit_code == 0, res.output
+    warnings = [ln for ln in res.output.splitlines() if ln.startswith("warning: skipped")]
+    assert len(warnings) == 1 and "skipped 1 unreadable image(s)" in warnings[0] and "000.png" in warnings[0]
+
+
 def test_bench_json_pointing_at_a_directory(tmp_path, exported):
     expect_error(["bench", exported / "model.onnx", "--json", tmp_path, *FAST_BENCH], "Is a directory")
     assert hidden(tmp_path) == []
@@ -697,6 +699,23 @@ def test_bench_bad_baseline(tmp_path, exported, report, match):
 ])
 def test_bench_bad_options(exported, extra, match):
     expect_error(["bench", exported / "model.onnx", *extra], match)
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--processes", "2"], "at least 3 processes"),
+    (["--rounds", "0"], "at least 5 rounds"),
+    (["--confidence", "2"], "--confidence must lie between"),
+    (["--max-latency-regression", "abc"], "not a percentage"),
+    (["--batch-sizes", "0"], "--batch-sizes must be positive"),
+])
+def test_bench_compare_bad_options_measure_nothing(tmp_path, exported, extra, match):
+    m = exported / "model.onnx"
+    expect_error(["bench", "compare", m, m, *extra, "--json", tmp_path / "c.json"], match)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_compare_missing_model(tmp_path, exported):
+    expect_error(["bench", "compare", exported / "model.onnx", tmp_path / "nope.onnx"], "model not found")
 
 
 @pytest.mark.parametrize("what, match", [("missing.onnx", "model not found"), ("garbage.onnx", "not a loadable")])

@@ -255,3 +255,16 @@ def test_kd_refuses_a_teacher_with_other_classes(tmp_path, teacher_ckpt):
 def test_lsskd_rejects_bad_options(tmp_path):
     res = _invoke(["--method", "lsskd", "--data", SYNTH, "--out", str(tmp_path / "r"), "--set", "lsskd.pairing=ring"])
     assert res.exit_code == 1 and "pairing" in (res.stderr if hasattr(res, "stderr") else res.output)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_rotate_batch_is_written_once_in_the_input_layout(channels_last):
+    """One preallocated (4N, C, H, W) tensor, bitwise the stacked rotations, channels-last when the input is."""
+    x = torch.randn(5, 3, 8, 8)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out = rotate_batch(x)
+    want = torch.stack([torch.rot90(x, k, dims=(2, 3)) for k in range(4)], dim=1).flatten(0, 1)
+    assert torch.equal(out, want)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert out.is_contiguous() == (not channels_last)

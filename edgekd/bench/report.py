@@ -50,8 +50,10 @@ def size_on_disk(path: str | Path) -> int:
     p = Path(path)
     if p.is_dir():
         return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-    # ONNX external data lives beside the model; count it as part of the artifact
+    # ONNX external data and OpenVINO IR weights (model.bin) live beside the model: part of the artifact
     extra = sum(f.stat().st_size for f in p.parent.glob(p.name + ".data")) if p.suffix == ".onnx" else 0
+    if p.suffix == ".xml" and p.with_suffix(".bin").is_file():
+        extra = p.with_suffix(".bin").stat().st_size
     return p.stat().st_size + extra
 
 

@@ -193,8 +193,8 @@ def _score(opts: BenchOptions, runners: list[Runner], arts: list[dict], log) -> 
         data = load_dataset(opts.data, view=data_view(runners))  # at the view the models were trained at
         if data.skipped:  # never a silent skip: top-1 is then over the readable images only
             (first, why), n = data.skipped[0], len(data.skipped)
-            log(f"warning: skipped {n} unreadable image(s) of {opts.data} (accuracy is over the readable ones; "
-                f"first: {first}: {why}); --strict-images in `edgekd train` refuses them instead")
+            log(f"warning: skipped {n} unreadable image(s) of {opts.data}; accuracy is over the readable ones "
+                f"(first: {first}: {why})")
         for r in runners:
             check_data_shape(r, data.input_shape, opts.data)
         x_u8, y = data.split(opts.split)

@@ -10,7 +10,8 @@ The bottom layer of edgekd (docs/architecture.md, "Layers"): nothing here import
 walks the imports). A device copy needs this package plus the package root files it imports:
 edgekd/__init__.py, errors.py, names.py, deps.py and io.py (a test runs exactly that copy with
 torch unimportable). TensorRT engines also need `tensorrt` and cuda-python, imported only when
-an engine is loaded.
+an engine is loaded; `backend="openvino"` (and OpenVINO IR `model.xml`) needs `openvino`, imported
+only then (`edgekd.runtime.openvino`).
 """
 
 from edgekd.runtime.classifier import Classifier, FileResult, check_model_matches

@@ -52,7 +52,13 @@ def cpu_has_bf16(flags: Optional[Iterable[str]] = None) -> bool:
 
 
 def _cuda_bf16(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    """Native bf16 on the GPU (Ampere+); emulated bf16 (e.g. a T4) is slower than fp32, so it does not count."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # torch before 2.3 has no `including_emulation` (and reports native support only)
+        return bool(torch.cuda.is_bf16_supported())
 
 
 def legacy_amp_precision(amp: str, device: torch.device) -> str:
