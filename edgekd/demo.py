@@ -82,10 +82,12 @@ def run_demo(out: Path, quick: bool = False, log: Callable[[str], None] = print)
     out = Path(out)
     clear_previous_demo(out)
     spec = "synthetic:n_train=1000,n_test=300" if quick else "synthetic"
+    # precision auto: bf16 autocast where the CPU has it; on the development CPU (AVX-512-BF16) the demo's
+    # training ran 1.43x the fp32 img/s, test top-1 98.55/97.70% vs fp32 98.60/98.15% (seeds 1/0)
     train_cfg = build_config(overrides=dict(
         data=spec, model="resnet8", method="lsskd", epochs=1 if quick else 6, batch_size=64, lr=0.1,
         warmup_epochs=0.5, out=str(out / "train"), max_steps_per_epoch=4 if quick else None, progress=not quick,
-        lsskd={"branch": "light"}))
+        lsskd={"branch": "light"}, precision="auto"))
     summary: dict = {"data": spec, "quick": quick, "stages": list(STAGES), "artifacts": {}}
     if quick:
         log(QUICK_NOTE)
