@@ -176,7 +176,7 @@ def summarize_steps(samples: dict, rounds: int) -> dict:
         out["cost_vs_ce"][p] = {n: round(ratio((n, p), ("ce", p)), 3) for n in names}
         out["vs_peer"][p] = {peer: round(ratio((peer, p), ("lsskd_hsakd", p)), 3)
                              for peer in ("hsakd_peer", "hsakd_peer_cl")}  # edgekd hsakd img/s / peer img/s
-    out["bf16_speedup"] = {n: round(ratio((n, "bf16"), (n, "fp32")), 3) for n in names}
+    out["bf16_speedup"] = {n: round(ratio((n, "fp32"), (n, "bf16")), 3) for n in names}  # bf16 img/s / fp32 img/s
     out["bf16_policy_vs_peer_fp32"] = {peer: round(ratio((peer, "fp32"), ("lsskd_hsakd", "bf16")), 3)
                                        for peer in ("hsakd_peer", "hsakd_peer_cl")}
     return out
