@@ -88,6 +88,10 @@ def train_entry(cfg: TrainConfig):
     import torch.distributed as dist
 
     rank = int(os.environ.get("RANK", "0"))
+    # the elastic agent stops the surviving ranks with SIGTERM when one fails: unwind (run lock released,
+    # temp files removed) instead of dying mid-write, then die by the same signal so the launcher still
+    # tells a rank it stopped from the one that failed (describe_failure)
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         init_process_group(cfg)
         rank = dist.get_rank()
@@ -104,6 +108,14 @@ def train_entry(cfg: TrainConfig):
     os._exit(0)
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised where the worker was so that every `with` block unwinds."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
+
+
 def _gloo_detail(exc: BaseException) -> str:
     """The informative part of a gloo/NCCL error: no "[source.cc:78]" prefix, no boilerplate advice."""
     text = re.sub(r"^\[[^\]]*\]\s*", "", first_line(exc, 2000))
@@ -118,6 +130,11 @@ def _report_worker_failure(exc: BaseException, rank: int) -> None:
     """
     import torch.distributed as dist
 
+    if isinstance(exc, _Terminated):  # cleaned up on the way here: now end as the signal would have
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
     if isinstance(exc, KeyboardInterrupt):
         raise SystemExit(130)
     if isinstance(exc, SystemExit):
