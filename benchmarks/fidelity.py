@@ -234,11 +234,13 @@ def protocol_kdfamily(args, full, work: Path, record, seed: int) -> None:
 PROTOCOLS = {"dho": protocol_dho, "lsskd": protocol_lsskd, "lowdata": protocol_lowdata, "kdfamily": protocol_kdfamily}
 
 
-def paired(rows: list[dict], group: str, a: str, b: str, field_b: str = "test_acc") -> dict | None:
-    """Mean and std over seeds of (a - b) in top-1 points, paired by seed (b's `field_b`: a head alone)."""
+def paired(rows: list[dict], group: str, a: str, b: str, field_b: str = "test_acc",
+           field_a: str = "test_acc") -> dict | None:
+    """Mean and std over seeds of (a - b) in top-1 points, paired by seed (b's `field_b`: a head alone;
+    `best_val_acc` for both: the validation figure a choice is made on)."""
     by = {(r["run"], r["seed"]): r for r in rows if r["group"] == group}
-    d = [by[(a, s)]["test_acc"] - by[(b, s)][field_b] for (name, s) in by
-         if name == a and (b, s) in by and field_b in by[(b, s)]]
+    d = [by[(a, s)][field_a] - by[(b, s)][field_b] for (name, s) in by
+         if name == a and (b, s) in by and field_b in by[(b, s)] and field_a in by[(a, s)]]
     if not d:
         return None
     out = {"mean": round(statistics.mean(d), 2), "std": round(statistics.stdev(d), 2) if len(d) > 1 else 0.0,
@@ -271,6 +273,11 @@ def summarize(rows: list[dict], b: Budget, seeds: list[int]) -> dict:
         "kd_logit_std_recipe_minus_kd": paired(rows, "kdfamily", "kd-logit-std-recipe", "kd"),
         # each ablation variant against the four-term loss (positive: the variant is better)
         "lsskd_ablation": {n: paired(rows, "lsskd", n, "lsskd") for n in ABLATION if n != "lsskd"},
+        # the same on the validation split (best epoch): the split a default is chosen on
+        "lsskd_ablation_val": {n: paired(rows, "lsskd", n, "lsskd", "best_val_acc", "best_val_acc")
+                               for n in ABLATION if n != "lsskd"},
+        "lowdata_lsskd_default_minus_lsskd_val": paired(rows, "lowdata", DEFAULT_LSSKD, "lsskd", "best_val_acc",
+                                                        "best_val_acc"),
         # DHO's searched mix against each of its heads alone (the dual head's own claim)
         "dho_mix_minus_heads": {f"{t}_{h}": paired(rows, f"dho/{t}", f"dho@{t}", f"dho@{t}", f"test_acc_{h}")
                                 for t in ("1pct", "10pct") for h in ("main", "kd")},
@@ -282,12 +289,19 @@ def difference_lines(s: dict) -> list[str]:
     """The LSSKD ablation and DHO's mix against its heads, as paired differences."""
     out = ["## LSSKD ablation (variant − the four-term loss `lsskd`, paired by seed; "
            f"`{DEFAULT_LSSKD}` is edgekd's default)", "",
-           "| variant | what changes | difference (mean ± std) | per seed | 95% CI |", "|---|---|---|---|---|"]
+           "| variant | what changes | validation: difference (per seed) | test: difference (mean ± std) | "
+           "per seed | 95% CI |", "|---|---|---|---|---|---|"]
     for name, v in s["lsskd_ablation"].items():
         if v is not None:
             what = ", ".join(f"{k}={val}" for k, val in ABLATION[name].items() if FOUR_TERMS.get(k) != val)
-            out.append(f"| {name} | {what} | {v['mean']:+.2f} ± {v['std']:.2f} | "
+            val = s["lsskd_ablation_val"].get(name)
+            val_text = "-" if val is None else f"{val['mean']:+.2f} ({', '.join(f'{x:+.2f}' for x in val['per_seed'])})"
+            out.append(f"| {name} | {what} | {val_text} | {v['mean']:+.2f} ± {v['std']:.2f} | "
                        f"{', '.join(f'{x:+.2f}' for x in v['per_seed'])} | {ci_text(v)} |")
+    low = s.get("lowdata_lsskd_default_minus_lsskd_val")
+    if low is not None:
+        out += ["", f"Low-data regime, `{DEFAULT_LSSKD}` − `lsskd` on validation: {low['mean']:+.2f} "
+                    f"({', '.join(f'{x:+.2f}' for x in low['per_seed'])})."]
     out += ["", "## DHO: the searched mix against each head alone (paired by seed)", "",
             "| labels | mix − CE head | mix − KD head |", "|---|---|---|"]
     for t in ("1pct", "10pct"):

@@ -2,8 +2,8 @@
 
 Stages (each leaves its artifacts under OUT and a line in `demo_summary.json`):
 
-1. train   - a resnet8 student with LSSKD self-distillation (auxiliary classifiers on the
-             intermediate stages, rotation joint labels; no teacher needed) -> train/best.pt
+1. train   - a resnet8 student with LSSKD (auxiliary classifiers on the intermediate stages,
+             rotation joint labels; no teacher needed) -> train/best.pt
 2. export  - surgery (aux classifiers stripped, proven bitwise equal) + verified ONNX + INT8 QDQ
              (CPU flavour, accuracy budget) -> export/model.onnx, model.int8.onnx, manifest.json
 3. kit     - the Jetson build kit (ONNX, manifest, build_engine.sh for trtexec) -> jetson/
@@ -92,7 +92,7 @@ def run_demo(out: Path, quick: bool = False, log: Callable[[str], None] = print)
     if quick:
         log(QUICK_NOTE)
 
-    log(f"== stage 1/{len(STAGES)}: train (resnet8, LSSKD self-distillation, light aux branches) ==")
+    log(f"== stage 1/{len(STAGES)}: train (resnet8, LSSKD auxiliary classifiers, light aux branches) ==")
     result = train(train_cfg, log=log)
     if not quick:  # curves.png when the [plot] extra is installed (silent without it)
         from edgekd.plots import plot_run_quietly

@@ -52,6 +52,12 @@ def test_paired_difference_is_by_seed_and_its_interval_can_exclude_zero():
     rows = [r for r in rows if not (r["run"] == "y" and r["seed"] == 2)]
     assert fidelity.paired(rows, "g", "x", "y")["per_seed"] == [1.0, 2.0]
     assert fidelity.paired(rows, "other", "x", "y") is None
+    # the validation figure (a choice is made on it) pairs the same way; rows without it are left out
+    for r in rows:
+        r["best_val_acc"] = r["test_acc"] * 2
+    assert fidelity.paired(rows, "g", "x", "y", "best_val_acc", "best_val_acc")["per_seed"] == [2.0, 4.0]
+    del rows[0]["best_val_acc"]
+    assert fidelity.paired(rows, "g", "x", "y", "best_val_acc", "best_val_acc")["per_seed"] == [4.0]
 
 
 def test_verdicts_say_not_met_below_the_target():
