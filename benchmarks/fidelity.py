@@ -12,14 +12,16 @@ Protocols (`--protocols`, all by default):
 - `lsskd`: CE, PS-KD and LSSKD at the same epochs; CE again at the same wall-clock as LSSKD (epochs
   scaled by LSSKD's measured time per epoch over CE's); an ablation of LSSKD's four terms and of
   the HSAKD layout (deepest branch, HSAKD main-head form).
+- `long`: the `lsskd` training set on a 3x longer schedule: CE, the four-term LSSKD and edgekd's
+  LSSKD default (does the ablation's choice hold once the auxiliary classifiers are good teachers?).
 - `lowdata`: a small per-class training set with a long schedule: CE, PS-KD, the four-term LSSKD and
   edgekd's LSSKD default.
 - `kdfamily`: Hinton KD, DKD, logit-standardised KD (with KD's own weights and with the authors'
   recipe) and DHKD from the same teacher, on the whole pool with every label.
 
-Budgets: `--budget cpu` (resnet8 student, class-balanced subsets, 8 epochs: ~75 min for all four
-protocols on 2 cores with `--jobs 2`), `--budget gpu` (resnet20, resnet32x4 teacher; ~10 min on one
-GPU with `--jobs 12`, `benchmarks/fidelity_gpu.sh`), `--budget smoke` (seconds; checks the script).
+Budgets: `--budget cpu` (resnet8 student, class-balanced subsets, 8 epochs (`long`: 24): ~75 min for
+dho, lsskd, lowdata and kdfamily on 2 cores with `--jobs 2`, ~30 min more for `long` with `--jobs 3`), `--budget gpu` (resnet20, resnet32x4 teacher; ~10 min on one
+GPU with `--jobs 15`, `benchmarks/fidelity_gpu.sh`), `--budget smoke` (seconds; checks the script).
 Units (protocol x seed) run as `--jobs` parallel processes after the teacher is trained once (kept in
 the work folder and reused); `--probe` runs one epoch of everything and estimates the full run. Rows
 are written as each run ends, so a run cut short keeps its figures, and protocols run one command at
@@ -27,7 +29,7 @@ a time merge into one result. Output: benchmarks/results/fidelity_<tag>.json and
 "summary" (differences in top-1 points: mean, std and 95% interval over seeds of the per-seed paired
 difference); `--report` writes the .md again from the .json.
 
-    python benchmarks/fidelity.py --budget cpu --jobs 2 [--protocols dho,lsskd,lowdata,kdfamily] [--seeds 0,1,2]
+    python benchmarks/fidelity.py --budget cpu --jobs 2 [--protocols dho,lsskd,lowdata,kdfamily,long] [--seeds 0,1,2]
 """
 
 from __future__ import annotations
@@ -65,22 +67,23 @@ class Budget:
     teacher_epochs: int
     batch_size: int
     lr: float
+    long_epochs: int = 0  # the `long` protocol: the lsskd training set for this many epochs
 
 
 BUDGETS = {
     # all four protocols in ~75 min on 2 cores with --jobs 2 (71 min measured, fidelity_cpu.md)
     "cpu": Budget(student="resnet8", teacher_model="resnet14", teacher_per_class=600, pool_per_class=400,
                   lowdata_per_class=100, val_per_class=100, test_per_class=200, epochs=8, lowdata_epochs=30,
-                  teacher_epochs=10, batch_size=64, lr=0.05),
+                  teacher_epochs=10, batch_size=64, lr=0.05, long_epochs=24),
     # seconds: checks that the script runs end to end (its figures mean nothing)
     "smoke": Budget(student="tiny", teacher_model="resnet8", teacher_per_class=20, pool_per_class=100,
                     lowdata_per_class=10, val_per_class=10, test_per_class=10, epochs=1, lowdata_epochs=1,
-                    teacher_epochs=1, batch_size=32, lr=0.05),
-    # one GPU, ~10 min of device time in all with the 12 units as parallel processes (sized from the H100 runs of
+                    teacher_epochs=1, batch_size=32, lr=0.05, long_epochs=2),
+    # one GPU, ~10 min of device time in all with the 15 units as parallel processes (sized from the H100 runs of
     # benchmarks/results/selfkd_cuda.md: ~2500-3700 img/s per process with 6 sharing it); `--probe` checks first
     "gpu": Budget(student="resnet20", teacher_model="resnet32x4", teacher_per_class=2000, pool_per_class=1000,
                   lowdata_per_class=200, val_per_class=200, test_per_class=1000, epochs=10, lowdata_epochs=40,
-                  teacher_epochs=15, batch_size=128, lr=0.1),
+                  teacher_epochs=15, batch_size=128, lr=0.1, long_epochs=30),
 }
 
 # LSSKD ablation: overrides of the lsskd section, every weight explicit so a row means the same whatever the
@@ -206,6 +209,16 @@ def protocol_lsskd(args, full, work: Path, record, seed: int) -> None:
     record("lsskd", run(args, data, "ce-equal-compute", seed, work, epochs=max(b.epochs, round(b.epochs * ratio))))
 
 
+def protocol_long(args, full, work: Path, record, seed: int) -> None:
+    """The LSSKD protocol's training set on a 3x longer schedule: does the ablation's choice hold when the
+    auxiliary classifiers have time to become good teachers?"""
+    b = BUDGETS[args.budget]
+    data = subset(full, balanced(full.y_train, b.pool_per_class, 11), b, f"train{b.pool_per_class}")
+    for name, over in (("ce", {}), ("lsskd", {"method": "lsskd", "lsskd": FOUR_TERMS}),
+                       (DEFAULT_LSSKD, {"method": "lsskd", "lsskd": ABLATION[DEFAULT_LSSKD]})):
+        record("long", run(args, data, name, seed, work, epochs=b.long_epochs, **over))
+
+
 def protocol_lowdata(args, full, work: Path, record, seed: int) -> None:
     b = BUDGETS[args.budget]
     data = subset(full, balanced(full.y_train, b.lowdata_per_class, 41), b, f"low{b.lowdata_per_class}")
@@ -231,7 +244,8 @@ def protocol_kdfamily(args, full, work: Path, record, seed: int) -> None:
     record("kdfamily", run(args, data, "dhkd", seed, work, method="dhkd", teacher=teacher))
 
 
-PROTOCOLS = {"dho": protocol_dho, "lsskd": protocol_lsskd, "lowdata": protocol_lowdata, "kdfamily": protocol_kdfamily}
+PROTOCOLS = {"dho": protocol_dho, "lsskd": protocol_lsskd, "lowdata": protocol_lowdata, "kdfamily": protocol_kdfamily,
+             "long": protocol_long}
 
 
 def paired(rows: list[dict], group: str, a: str, b: str, field_b: str = "test_acc",
@@ -267,6 +281,9 @@ def summarize(rows: list[dict], b: Budget, seeds: list[int]) -> dict:
         "lsskd_default_minus_ce_equal_compute": paired(rows, "lsskd", DEFAULT_LSSKD, "ce-equal-compute"),
         "lowdata_lsskd_default_minus_ce": paired(rows, "lowdata", DEFAULT_LSSKD, "ce"),
         "lowdata_lsskd_minus_ce": paired(rows, "lowdata", "lsskd", "ce"),
+        "long_lsskd_minus_ce": paired(rows, "long", "lsskd", "ce"),
+        "long_lsskd_default_minus_ce": paired(rows, "long", DEFAULT_LSSKD, "ce"),
+        "long_lsskd_default_minus_lsskd": paired(rows, "long", DEFAULT_LSSKD, "lsskd"),
         "lowdata_lsskd_minus_pskd": paired(rows, "lowdata", "lsskd", "pskd"),
         "dkd_minus_kd": paired(rows, "kdfamily", "dkd", "kd"),
         "kd_logit_std_minus_kd": paired(rows, "kdfamily", "kd-logit-std", "kd"),
@@ -346,6 +363,9 @@ def verdicts(s: dict) -> list[str]:
                       ("lsskd_default_minus_pskd", "edgekd's LSSKD default"),
                       ("lsskd_default_minus_ce_equal_compute", "edgekd's LSSKD default, CE given its wall-clock"),
                       ("lowdata_lsskd_default_minus_ce", "low-data regime, edgekd's LSSKD default"),
+                      ("long_lsskd_minus_ce", "3x longer schedule"),
+                      ("long_lsskd_default_minus_ce", "3x longer schedule, edgekd's LSSKD default"),
+                      ("long_lsskd_default_minus_lsskd", "3x longer schedule, the ablation's choice vs four terms"),
                       ("lowdata_lsskd_minus_ce", "low-data regime"), ("lowdata_lsskd_minus_pskd", "low-data regime"),
                       ("dkd_minus_kd", "KD family"), ("kd_logit_std_minus_kd", "KD family, KD's own weights"),
                       ("kd_logit_std_recipe_minus_kd", "KD family, the authors' T 2 / kd_weight 9")):
@@ -399,7 +419,7 @@ def write(args, rows, extra, command, machine, t0) -> Path:
 
 
 # the order units start in: the longest first, so parallel jobs end together
-UNIT_COST = {"lsskd": 4, "dho": 3, "kdfamily": 2, "lowdata": 1}
+UNIT_COST = {"long": 5, "lsskd": 4, "dho": 3, "kdfamily": 2, "lowdata": 1}
 
 
 def protocol_of(group: str) -> str:
@@ -522,7 +542,7 @@ def main() -> None:
         return
     full_budget = BUDGETS[args.budget]
     if args.probe:  # children get --probe too, so every process runs the same one-epoch budget
-        BUDGETS[args.budget] = replace(full_budget, epochs=1, lowdata_epochs=1, teacher_epochs=1)
+        BUDGETS[args.budget] = replace(full_budget, epochs=1, lowdata_epochs=1, teacher_epochs=1, long_epochs=1)
         args.tag = args.tag if args.unit else f"{args.tag}-probe"
     import torch
 
@@ -548,11 +568,9 @@ def main() -> None:
     command = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
     where = machine_line(args.device, args.threads)
     if args.precision == "auto":  # say what auto meant here
-        import torch as _t
-
         from edgekd.train.precision import resolve_precision
 
-        where += f"; precision auto = {resolve_precision('auto', _t.device(args.device))}"
+        where += f"; precision auto = {resolve_precision('auto', torch.device(args.device))}"
     if args.jobs > 1:
         where += f"; {args.jobs} parallel jobs of {max(1, args.threads // args.jobs)} thread(s)"
     rec = Recorder(args, command, where, t0)
@@ -584,7 +602,8 @@ def estimate_full_s(rows: list[dict], teacher: dict | None, full: Budget, jobs: 
     units (protocol, seed) packed on `jobs` processes (the longest unit or the even share, whichever is more)."""
     units: dict = {}
     for r in rows:
-        k = full.lowdata_epochs if r["group"] == "lowdata" else full.epochs  # the probe ran 1 where the full runs k
+        # the probe ran 1 epoch where the full budget runs k
+        k = {"lowdata": full.lowdata_epochs, "long": full.long_epochs}.get(r["group"], full.epochs)
         key = (protocol_of(r["group"]), r["seed"])
         units[key] = units.get(key, 0.0) + r["wall_s"] + r["epoch_time_s"] * r["epochs"] * (k - 1)
     t = 0.0 if not teacher else teacher.get("wall_s", 0.0) * full.teacher_epochs

@@ -2,7 +2,7 @@
 # Issue 18's GPU budget on one GPU (written for the lent H100/H200 machine; not yet run on one):
 # a one-epoch probe of every run first (teacher included, into fidelity_cuda-probe.*), which prints
 # the full run's estimated wall time and stops here (exit 5) when that is over MAX_MINUTES; then the
-# full run, the 12 units (protocol x seed) as parallel processes on the one GPU, the teacher trained
+# full run, the 15 units (protocol x seed) as parallel processes on the one GPU, the teacher trained
 # once and reused. Results: benchmarks/results/fidelity_cuda.{json,md}, rewritten after every unit.
 #
 #   EDGEKD_CIFAR_ARCHIVE=PATH/cifar10-jpg.tar.gz benchmarks/fidelity_gpu.sh
@@ -11,7 +11,7 @@
 # gets the working tree only: carry a copy of the archive).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-JOBS=${JOBS:-12}
+JOBS=${JOBS:-15}
 THREADS=${THREADS:-16}
 MAX_MINUTES=${MAX_MINUTES:-8}
 PY=${PYTHON:-python3}
