@@ -88,10 +88,9 @@ class LSSKDConfig:
     (fidelity_cpu.md): with both KD weights at 0 the student beat HSAKD-style unit weights on the validation
     split in every seed (+2.23; chosen there), then on the test split by +1.47 points (8 epochs, 95% interval
     over 3 seeds [+0.32, +2.61]), by +1.95 at 24 epochs ([+1.26, +2.64]) and by +0.68 (30 epochs, 1,000
-    images, better in every seed), so
-    layer_kd_weight and ensemble_kd_weight default to 0: the joint (class, rotation)
-    auxiliary classifiers train the shared backbone, the main head learns from its own CE. Set both to 1
-    for the paper-shaped self-distillation loss (T=3, adjacent pairing, hsakd branches as before).
+    images, better in every seed), so layer_kd_weight and ensemble_kd_weight default to 0: the joint
+    (class, rotation) auxiliary classifiers train the shared backbone, the main head learns from its own
+    CE. Set both to 1 for the paper-shaped self-distillation loss (T=3, adjacent pairing, hsakd branches).
     """
 
     stages: Tuple[int, ...] = ()  # stage indices with an aux classifier; () = every stage but the last
