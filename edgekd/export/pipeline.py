@@ -314,12 +314,9 @@ def _add_engine_outputs(opts: ExportOptions, stage: Path, files: dict[str, Path]
 
 def _export_int8(opts: ExportOptions, target: str, files: dict[str, Path], stage: Path, data, mean, std,
                  manifest: dict, log) -> dict:
-    from edgekd.deps import require
-    from edgekd.export.manifest import embed_manifest
     from edgekd.export.onnx import make_session
     from edgekd.export.quantize import check_accuracy_budget, quantize_int8
 
-    onnx = require("onnx")
     calib_x, _, calib_split = real_images(data, "train", opts.calib_size, mean, std, opts.seed)
     files["int8"] = stage / names.MODEL_INT8_ONNX
     info = quantize_int8(files["onnx"], files["int8"], calib_x.numpy(), target, opts.calib_method,
@@ -333,21 +330,16 @@ def _export_int8(opts: ExportOptions, target: str, files: dict[str, Path], stage
         f"calibration on {info['calib_size']} train images; top-1 {budget['int8_top1']:.2f}% vs FP32 "
         f"{budget['fp32_top1']:.2f}% on {budget['n']} {split} images (drop {budget['drop_points']:.2f} <= "
         f"{opts.max_accuracy_drop}){'; probability mix kept in float' if info['output'].startswith('float') else ''}")
-    q = onnx.load(str(files["int8"]))
-    embed_manifest(q, {**manifest, "int8": info})
-    onnx.save(q, str(files["int8"]))
+    _embed_section(files["int8"], manifest, "int8", info)
     return info
 
 
 def _export_fp16(opts: ExportOptions, files: dict[str, Path], stage: Path, data, mean, std, manifest: dict,
                  log) -> dict:
     """model.fp16.onnx with its accuracy budget and parity on the whole validation split (as INT8's)."""
-    from edgekd.deps import require
     from edgekd.export.fp16 import check_fp16_budget, convert_fp16
-    from edgekd.export.manifest import embed_manifest
     from edgekd.export.onnx import make_session
 
-    onnx = require("onnx")
     files["fp16"] = stage / names.MODEL_FP16_ONNX
     info = convert_fp16(files["onnx"], files["fp16"])
     xv, yv, split = real_images(data, "val", None, mean, std)
@@ -358,10 +350,19 @@ def _export_fp16(opts: ExportOptions, files: dict[str, Path], stage: Path, data,
         f"{budget['fp32_top1']:.2f}% on {budget['n']} {split} images (drop {budget['drop_points']:.2f} <= "
         f"{opts.max_accuracy_drop}), max |diff| {budget['max_abs_diff']:.2e}, top-1 agreement "
         f"{budget['top1_agreement']:.1f}%")
-    half = onnx.load(str(files["fp16"]))
-    embed_manifest(half, {**manifest, "fp16": info})
-    onnx.save(half, str(files["fp16"]))
+    _embed_section(files["fp16"], manifest, "fp16", info)
     return info
+
+
+def _embed_section(path: Path, manifest: dict, key: str, info: dict) -> None:
+    """Embed the manifest, with this variant's `key` section (its calibration/budget record), in its ONNX file."""
+    from edgekd.deps import require
+    from edgekd.export.manifest import embed_manifest
+
+    onnx = require("onnx")
+    model = onnx.load(str(path))
+    embed_manifest(model, {**manifest, key: info})
+    onnx.save(model, str(path))
 
 
 def _trt_options(opts: ExportOptions) -> TrtBuildOptions:
