@@ -165,6 +165,7 @@ def test_int8_export_records_flavour_and_budget(tmp_path, ce_ckpt, data):
 
 
 def test_int8_budget_gate_passes_and_fails_on_constructed_cases(tmp_path, data):
+    torch.manual_seed(0)  # an unseeded init made this flaky (a degenerate model the bad calibration cannot hurt)
     model = build_model("tiny").eval()
     fp32 = tmp_path / "m.onnx"
     onnx.save(export_onnx(model, (3, 32, 32), names.LOGITS_NAME), str(fp32))
